@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane (etcd + kube-apiserver) on loopback, for the demo and
+# the end-to-end tests. There is no kubelet, scheduler or controller-manager: tests create Pods
+# directly and set their status through the status subresource, exactly as vCluster's syncer
+# leaves them on a host.
+#
+#   scripts/control-plane.sh build                    install etcd, build + cache kube-apiserver
+#   scripts/control-plane.sh up [--clusters N]        start (or reuse) N clusters on one etcd
+#   scripts/control-plane.sh status                   what runs, and the kubeconfig paths
+#   scripts/control-plane.sh kubeconfig [I]           print cluster I's kubeconfig path (default 0)
+#   scripts/control-plane.sh stop-apiserver [I]       stop cluster I's kube-apiserver (fault tests)
+#   scripts/control-plane.sh start-apiserver [I]      start it again on the same port and data
+#   scripts/control-plane.sh down                     stop everything, remove the state directory
+#
+# Environment:
+#   FLEETMIRROR_CACHE   where the kube-apiserver build is cached (default ~/.cache/fleetmirror)
+#   FLEETMIRROR_CP_DIR  state of the running control plane (default /tmp/fleetmirror-cp); a test
+#                       run that wants its own control plane points this somewhere else
+set -euo pipefail
+
+KUBE_VERSION=1.20.2
+CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
+STATE=${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}
+APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION/kube-apiserver
+ADMIN_TOKEN=fleetmirror-admin-token
+
+log() { printf '[control-plane] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "installing packages needs root (run as root or pre-install: etcd-server golang-go rsync jq openssl)"; }
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  need_root
+  log "installing Debian packages: ${missing[*]}"
+  # 'apt-get update' once per machine boot is enough; a stale list only fails the install.
+  if [ ! -e /tmp/.fleetmirror-apt-updated ]; then
+    apt-get update -qq >/dev/null && touch /tmp/.fleetmirror-apt-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Builds kube-apiserver from Debian bookworm's `kubernetes` source package (it vendors all of
+# its Go dependencies, so no Go module proxy is needed) and caches the binary, keyed by version.
+build() {
+  apt_install etcd-server openssl python3 curl
+  command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+  if [ -x "$APISERVER" ]; then
+    return 0
+  fi
+  apt_install golang-go rsync jq make dpkg-dev
+  local work=$CACHE/build
+  rm -rf "$work"
+  mkdir -p "$work/parts" "$work/lists/partial" "$work/home"
+  # A private apt configuration that adds deb-src, leaving the system's sources untouched.
+  local src
+  src=$(ls /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$src" ] || die "/etc/apt/sources.list.d/debian.sources not found; cannot add deb-src"
+  sed 's/^Types: deb$/Types: deb deb-src/' "$src" >"$work/parts/debian.sources"
+  local A=(-o "Dir::Etc::SourceParts=$work/parts" -o "Dir::State::Lists=$work/lists" -o APT::Sandbox::User=root)
+  log "fetching Debian's kubernetes $KUBE_VERSION source package"
+  apt-get "${A[@]}" update -qq >/dev/null
+  (cd "$work" && apt-get "${A[@]}" source --download-only -qq kubernetes >/dev/null)
+  local orig
+  # Debian versions it "1.20.5+really1.20.2": the tree inside is kubernetes-1.20.2.
+  orig=$(ls "$work"/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
+  [ -n "$orig" ] || die "no kubernetes orig tarball downloaded (found: $(ls "$work"))"
+  tar xf "$orig" -C "$work"
+  local tree=$work/kubernetes-$KUBE_VERSION
+  [ -d "$tree" ] || die "Debian's kubernetes source is not version $KUBE_VERSION (found: $(ls "$work"))"
+  mkdir -p "$tree/.go/src/k8s.io"
+  ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
+  log "building kube-apiserver $KUBE_VERSION (about 10 minutes on 2 cores; log: $work/build.log)"
+  local start=$SECONDS
+  (cd "$tree" && env GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$work/home" GOFLAGS=-mod=vendor \
+    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1) &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30
+    kill -0 "$pid" 2>/dev/null && log "  still building ($((SECONDS - start))s): $(tail -n1 "$work/build.log" | cut -c1-100)"
+  done
+  wait "$pid" || { tail -n 30 "$work/build.log" >&2; die "kube-apiserver build failed"; }
+  mkdir -p "$(dirname "$APISERVER")"
+  install -m 0755 "$tree/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
+  mv "$APISERVER.tmp" "$APISERVER"
+  rm -rf "$work"
+  log "built and cached $APISERVER in $((SECONDS - start))s"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# A CA and a serving certificate it signs. (rustls, which kube-rs uses, refuses a self-signed
+# CA certificate presented as the server's own, so the two must be distinct.)
+certs() {
+  local d=$STATE/pki
+  [ -f "$d/sa.key" ] && return 0
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=fleetmirror-local-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
+    -keyout "$d/serving.key" -out "$d/serving.csr" 2>/dev/null
+  printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+    'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost' >"$d/serving.ext"
+  openssl x509 -req -in "$d/serving.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/serving.ext" -out "$d/serving.crt" 2>/dev/null
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  printf '%s,admin,admin,"system:masters"\n' "$ADMIN_TOKEN" >"$d/tokens.csv"
+}
+
+start_etcd() {
+  if alive "$STATE/etcd.pid"; then return 0; fi
+  local cp pp
+  cp=$(free_port); pp=$(free_port)
+  echo "$cp" >"$STATE/etcd.port"
+  setsid etcd --data-dir "$STATE/etcd" --name fleetmirror \
+    --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "fleetmirror=http://127.0.0.1:$pp" \
+    >"$STATE/etcd.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$STATE/etcd.pid"
+}
+
+write_kubeconfig() {
+  local i=$1 port=$2 dir=$STATE/cluster-$1
+  cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fleetmirror-local-$i
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: fleetmirror-local-$i
+  context: {cluster: fleetmirror-local-$i, user: admin}
+current-context: fleetmirror-local-$i
+EOF
+}
+
+start_apiserver() {
+  local i=$1 dir=$STATE/cluster-$1
+  mkdir -p "$dir"
+  if alive "$dir/apiserver.pid"; then return 0; fi
+  [ -f "$dir/port" ] || free_port >"$dir/port"
+  local port
+  port=$(cat "$dir/port")
+  setsid "$APISERVER" --etcd-servers="http://127.0.0.1:$(cat "$STATE/etcd.port")" --etcd-prefix="/cluster-$i" \
+    --secure-port="$port" --bind-address=127.0.0.1 \
+    --tls-cert-file="$STATE/pki/serving.crt" --tls-private-key-file="$STATE/pki/serving.key" \
+    --token-auth-file="$STATE/pki/tokens.csv" --authorization-mode=RBAC \
+    --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
+    --service-account-issuer=https://localhost --api-audiences=https://localhost \
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true --cert-dir="$dir/certs" \
+    --disable-admission-plugins=ServiceAccount >"$dir/apiserver.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$dir/apiserver.pid"
+  write_kubeconfig "$i" "$port"
+}
+
+wait_ready() {
+  local i=$1 dir=$STATE/cluster-$1 port
+  port=$(cat "$dir/port")
+  for _ in $(seq 1 240); do
+    if [ "$(curl -sk --max-time 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$port/readyz" 2>/dev/null)" = ok ]; then
+      return 0
+    fi
+    alive "$dir/apiserver.pid" || { tail -n 20 "$dir/apiserver.log" >&2; die "kube-apiserver $i exited"; }
+    sleep 0.25
+  done
+  tail -n 20 "$dir/apiserver.log" >&2
+  die "kube-apiserver $i not ready after 60s"
+}
+
+clusters_up() { find "$STATE" -maxdepth 1 -name 'cluster-*' -type d | wc -l; }
+
+up() {
+  local n=1
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --clusters) n=${2:?--clusters needs a number}; shift 2 ;;
+      *) die "unknown argument to up: $1" ;;
+    esac
+  done
+  [[ $n =~ ^[1-9][0-9]?$ ]] || die "--clusters takes 1..99"
+  build
+  mkdir -p "$STATE"
+  exec 9>"$STATE/lock"
+  flock 9
+  certs
+  start_etcd
+  local have
+  have=$(clusters_up)
+  [ "$have" -gt "$n" ] && n=$have
+  for i in $(seq 0 $((n - 1))); do start_apiserver "$i"; done
+  for i in $(seq 0 $((n - 1))); do wait_ready "$i"; done
+  for i in $(seq 0 $((n - 1))); do echo "$STATE/cluster-$i/kubeconfig"; done
+  flock -u 9
+  log "$n cluster(s) ready; e.g. KUBECONFIG=$STATE/cluster-0/kubeconfig kubectl get ns"
+}
+
+status() {
+  alive "$STATE/etcd.pid" && log "etcd: running (pid $(cat "$STATE/etcd.pid"))" || log "etcd: stopped"
+  for d in "$STATE"/cluster-*; do
+    [ -d "$d" ] || continue
+    if alive "$d/apiserver.pid"; then
+      log "$(basename "$d"): running on https://127.0.0.1:$(cat "$d/port"), KUBECONFIG=$d/kubeconfig"
+    else
+      log "$(basename "$d"): stopped"
+    fi
+  done
+}
+
+stop_pid() {
+  local f=$1
+  if alive "$f"; then
+    local p
+    p=$(cat "$f")
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down() {
+  for d in "$STATE"/cluster-*; do [ -d "$d" ] && stop_pid "$d/apiserver.pid"; done
+  stop_pid "$STATE/etcd.pid"
+  rm -rf "$STATE"
+  log "stopped; removed $STATE"
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  build) build; log "kube-apiserver: $APISERVER" ;;
+  up) up "$@" ;;
+  status) status ;;
+  kubeconfig) echo "$STATE/cluster-${1:-0}/kubeconfig" ;;
+  stop-apiserver) stop_pid "$STATE/cluster-${1:-0}/apiserver.pid" ;;
+  start-apiserver) start_apiserver "${1:-0}"; wait_ready "${1:-0}" ;;
+  down) down ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
