@@ -1,0 +1,122 @@
+//! Command-line flags of `fleetmirror-aggregator`. Every flag has a long form, an
+//! environment variable (`FLEETMIRROR_<NAME>`) and a default; names are fixed by
+//! `00-product.md`.
+
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use fleetmirror_runtime::CommonArgs;
+
+/// Where pod facts for health scoring come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PodSource {
+    /// From the node agents' reports (the aggregator never lists pods).
+    Agents,
+    /// From a label-filtered watch of pods, for clusters without agents.
+    Api,
+}
+
+/// fleetmirror-aggregator: scores every vCluster of the fleet from node agents' reports,
+/// writes VClusterHealth status, and serves the read-only Diagnostics gRPC API (grpcurl works
+/// through server reflection). Only the leader (Lease `fleetmirror-aggregator`) writes.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fleetmirror-aggregator", version, about, long_about = None)]
+pub struct Args {
+    /// gRPC listen address (AgentService, Diagnostics, grpc.health.v1.Health, reflection).
+    #[arg(long, env = "FLEETMIRROR_GRPC_ADDR", default_value = ":9090")]
+    pub grpc_addr: String,
+
+    /// Admin HTTP listen address: /metrics, /livez, /readyz.
+    #[arg(long, env = "FLEETMIRROR_ADMIN_ADDR", default_value = ":8080")]
+    pub admin_addr: String,
+
+    /// Namespace of the leader-election Lease and of the Events the aggregator writes about
+    /// itself. Default: the namespace of the in-cluster ServiceAccount, else the kubeconfig
+    /// context's namespace.
+    #[arg(long, env = "FLEETMIRROR_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Elect a leader through the Lease `fleetmirror-aggregator`; only the leader writes to
+    /// the API and accepts agent reports. Set to false only with a single replica.
+    #[arg(long, env = "FLEETMIRROR_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// This replica's identity in the Lease. Default: the host name (the pod name in a pod).
+    #[arg(long, env = "FLEETMIRROR_POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease is valid without renewal; a standby takes over after it expires.
+    #[arg(long, env = "FLEETMIRROR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often the leader renews the Lease and a standby tries to acquire it. Must be well
+    /// below --lease-duration.
+    #[arg(long, env = "FLEETMIRROR_LEASE_RETRY_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_retry_interval: Duration,
+
+    /// Pod facts for health scoring: `agents` (node agents' reports) or `api` (watch pods,
+    /// label-filtered, for clusters without agents).
+    #[arg(long, env = "FLEETMIRROR_POD_SOURCE", value_enum, default_value_t = PodSource::Agents)]
+    pub pod_source: PodSource,
+
+    /// An agent silent for longer than this has its pods marked stale.
+    #[arg(long, env = "FLEETMIRROR_AGENT_STALE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub agent_stale_after: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Args {
+    /// Checks relations between flags that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_retry_interval >= self.lease_duration {
+            return Err(format!(
+                "--lease-retry-interval ({}) must be shorter than --lease-duration ({})",
+                humantime::format_duration(self.lease_retry_interval),
+                humantime::format_duration(self.lease_duration)
+            ));
+        }
+        if self.agent_stale_after.is_zero() {
+            return Err("--agent-stale-after must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_product_contract() {
+        let a = Args::try_parse_from(["fleetmirror-aggregator"]).unwrap();
+        assert_eq!(a.grpc_addr, ":9090");
+        assert_eq!(a.admin_addr, ":8080");
+        assert!(a.leader_elect);
+        assert_eq!(a.pod_source, PodSource::Agents);
+        assert_eq!(a.agent_stale_after, Duration::from_secs(60));
+        assert_eq!(a.common.log_format, fleetmirror_runtime::logging::LogFormat::Plain);
+        assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn leader_elect_takes_a_value() {
+        let a = Args::try_parse_from(["x", "--leader-elect=false"]).unwrap();
+        assert!(!a.leader_elect);
+        assert!(Args::try_parse_from(["x", "--pod-source", "pods"]).is_err());
+        assert!(Args::try_parse_from(["x", "--agent-stale-after", "soon"]).is_err());
+    }
+
+    #[test]
+    fn lease_timing_is_checked() {
+        let a = Args::try_parse_from(["x", "--lease-duration", "2s", "--lease-retry-interval", "2s"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("--lease-retry-interval"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The aggregator's gRPC server: `fleetmirror.v1.AgentService` (agents' Report streams),
+//! `fleetmirror.v1.Diagnostics` (read-only, answered from the [`FleetIndex`]),
+//! `grpc.health.v1.Health`, and server reflection v1 and v1alpha (grpcurl 1.8 speaks only
+//! v1alpha), so `grpcurl -plaintext HOST:9090 list` works with no .proto files.
+//!
+//! Bad requests get INVALID_ARGUMENT, unknown objects NOT_FOUND; no handler panics or
+//! answers UNKNOWN.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fleetmirror_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
+use fleetmirror_proto::v1::{
+    GetNodeRequest, GetVClusterRequest, ListNodesRequest, ListNodesResponse, ListVClustersRequest,
+    ListVClustersResponse, NodeDetail, NodeReport, ReportAck, VClusterDetail, node_report::Body,
+};
+use fleetmirror_runtime::admin::ReadyFlag;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::index::FleetIndex;
+use crate::metrics::{KindLabel, Metrics};
+
+/// The Diagnostics service.
+#[derive(Debug, Clone)]
+pub struct DiagnosticsService {
+    index: Arc<FleetIndex>,
+}
+
+fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    if value.len() > 253 {
+        return Err(Status::invalid_argument(format!("{field} is longer than 253 characters")));
+    }
+    Ok(value)
+}
+
+fn require_label<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    require(field, value)?;
+    fleetmirror_core::naming::validate_dns1123_label(value)
+        .map_err(|e| Status::invalid_argument(format!("{field} {value:?} {e}")))?;
+    Ok(value)
+}
+
+#[tonic::async_trait]
+impl Diagnostics for DiagnosticsService {
+    async fn list_v_clusters(
+        &self,
+        request: Request<ListVClustersRequest>,
+    ) -> Result<Response<ListVClustersResponse>, Status> {
+        let ns = request.into_inner().namespace;
+        if !ns.is_empty() {
+            require_label("namespace", &ns)?;
+        }
+        // The vCluster scores arrive with the fleet-health capability; until then the index
+        // knows no vClusters and the list is empty.
+        Ok(Response::new(ListVClustersResponse { vclusters: vec![] }))
+    }
+
+    async fn get_v_cluster(
+        &self,
+        request: Request<GetVClusterRequest>,
+    ) -> Result<Response<VClusterDetail>, Status> {
+        let r = request.into_inner();
+        let ns = require_label("namespace", &r.namespace)?;
+        let name = require_label("name", &r.name)?;
+        Err(Status::not_found(format!("no vCluster {name} in namespace {ns}")))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse { nodes: self.index.list_nodes(SystemTime::now()) }))
+    }
+
+    async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<NodeDetail>, Status> {
+        let r = request.into_inner();
+        let name = require("name", &r.name)?;
+        self.index
+            .get_node(name, SystemTime::now())
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no agent has reported for node {name}")))
+    }
+}
+
+/// The AgentService: one Report stream per agent.
+#[derive(Debug, Clone)]
+pub struct AgentReportService {
+    index: Arc<FleetIndex>,
+    leader: watch::Receiver<bool>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<ReportAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentReportService {
+    type ReportStream = AckStream;
+
+    async fn report(&self, request: Request<Streaming<NodeReport>>) -> Result<Response<AckStream>, Status> {
+        if !*self.leader.borrow() {
+            self.metrics.reject("not_leader");
+            return Err(Status::unavailable("this aggregator replica is not the leader; reconnect"));
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let session = this.index.open_session();
+            this.metrics.agent_streams.inc();
+            let mut leader = this.leader.clone();
+            let end = loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(report)) => {
+                            if let Err(status) = this.handle(session, report, &tx).await {
+                                break Some(status);
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(status) => {
+                            tracing::debug!(%status, "agent stream broke");
+                            break None;
+                        }
+                    },
+                    // (the guard `wait_for` returns is not Send: drop it inside the future)
+                    _ = async { leader.wait_for(|l| !*l).await.map(|_| ()) } => {
+                        break Some(Status::unavailable("this aggregator replica lost leadership; reconnect"));
+                    }
+                    _ = this.shutdown.cancelled() => {
+                        break Some(Status::unavailable("the aggregator is shutting down; reconnect"));
+                    }
+                }
+            };
+            if let Some(node) = this.index.session_node(session) {
+                tracing::info!(node, "agent stream ended");
+            }
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
+            }
+            this.index.close_session(session);
+            this.metrics.agent_streams.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl AgentReportService {
+    /// Applies one report and acks it. `Err` ends the stream with that status.
+    async fn handle(
+        &self,
+        session: crate::index::SessionId,
+        report: NodeReport,
+        tx: &mpsc::Sender<Result<ReportAck, Status>>,
+    ) -> Result<(), Status> {
+        let sequence = report.sequence;
+        let node = report.node_name.clone();
+        let kind = match report.body {
+            Some(Body::Snapshot(_)) => "snapshot",
+            _ => "delta",
+        };
+        let ack = match self.index.apply(session, report, SystemTime::now()) {
+            Ok(()) => {
+                self.metrics.reports.get_or_create(&KindLabel { kind }).inc();
+                if kind == "snapshot" {
+                    tracing::info!(node, sequence, "agent snapshot applied");
+                }
+                ReportAck { sequence, ..Default::default() }
+            }
+            Err(e) if e.needs_resync() => {
+                self.metrics.resyncs.inc();
+                tracing::info!(node, sequence, reason = %e, "asking agent for a snapshot");
+                ReportAck { sequence, resync_required: true, message: e.to_string() }
+            }
+            Err(e) => {
+                self.metrics.reject(e.category());
+                tracing::warn!(node, sequence, reason = %e, "agent report refused; ending its stream");
+                return Err(match e {
+                    crate::index::ApplyError::Superseded { .. } => Status::aborted(e.to_string()),
+                    _ => Status::invalid_argument(e.to_string()),
+                });
+            }
+        };
+        tx.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+    }
+}
+
+/// Everything the gRPC server needs.
+#[derive(Debug)]
+pub struct GrpcServer {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// The shared index.
+    pub index: Arc<FleetIndex>,
+    /// `true` while this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Marked ready once the port is bound.
+    pub ready: ReadyFlag,
+}
+
+impl GrpcServer {
+    /// Serves until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<DiagnosticsServer<DiagnosticsService>>().await;
+        health.set_serving::<AgentServiceServer<AgentReportService>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fleetmirror_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fleetmirror_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "gRPC server listening");
+        self.ready.set(true);
+        let diagnostics = DiagnosticsService { index: self.index.clone() };
+        let agents = AgentReportService {
+            index: self.index,
+            leader: self.leader,
+            metrics: self.metrics,
+            shutdown: shutdown.clone(),
+        };
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(DiagnosticsServer::new(diagnostics))
+            .add_service(AgentServiceServer::new(agents))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let health = health.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    health.set_not_serving::<DiagnosticsServer<DiagnosticsService>>().await;
+                }
+            })
+            .await;
+        result.map_err(Into::into)
+    }
+}

@@ -1,0 +1,411 @@
+//! The aggregator's in-memory index of the fleet: what every node's agent reported, and (with
+//! the health issue) every vCluster's score. The Diagnostics gRPC handlers read only this
+//! index; they never call the Kubernetes API.
+//!
+//! Report protocol rules, enforced by [`FleetIndex::apply`]:
+//!
+//! * every Report stream is a *session*; the first message of a session must be a snapshot,
+//!   and a session reports for one node only;
+//! * a snapshot replaces everything known about the node and may come at any sequence number;
+//!   a delta must carry exactly the previous sequence + 1, otherwise the agent is asked to
+//!   resync (send a snapshot again);
+//! * the newest session to send a snapshot for a node owns it: an agent that restarted before
+//!   its old TCP connection was noticed takes over, and the old session is ended;
+//! * a node whose agent has been silent for longer than the stale-after grace is *stale*:
+//!   its data is still shown, flagged, never passed off as fresh.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use fleetmirror_proto::v1::{
+    MountPhase, NodeDetail, NodeReport, NodeSummary, PodState, node_report::Body,
+};
+
+/// Identifies one Report stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+/// Limits that keep one agent (or anything posing as one) from exhausting the aggregator.
+const MAX_PODS_PER_NODE: usize = 20_000;
+const MAX_FIELD_LEN: usize = 1024;
+const MAX_ERRORS: usize = 64;
+
+/// Why a report was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// A delta arrived before any snapshot of this session.
+    #[error("a delta arrived before a snapshot; send a snapshot")]
+    NoSnapshot,
+    /// A delta's sequence is not the previous one + 1.
+    #[error("sequence gap: expected {expected}, got {got}; send a snapshot")]
+    SequenceGap { expected: u64, got: u64 },
+    /// Another, newer session owns the node.
+    #[error("node {node} is now reported by a newer stream")]
+    Superseded { node: String },
+    /// The report is malformed; the session is ended.
+    #[error("invalid report: {0}")]
+    Invalid(String),
+}
+
+impl ApplyError {
+    /// True when the agent should send a snapshot on the same stream.
+    pub fn needs_resync(&self) -> bool {
+        matches!(self, ApplyError::NoSnapshot | ApplyError::SequenceGap { .. })
+    }
+
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ApplyError::NoSnapshot => "no_snapshot",
+            ApplyError::SequenceGap { .. } => "sequence_gap",
+            ApplyError::Superseded { .. } => "superseded",
+            ApplyError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// What one node's agent reported.
+#[derive(Debug, Clone)]
+struct NodeEntry {
+    agent_version: String,
+    /// The session that owns the node; `None` once its stream ended.
+    owner: Option<SessionId>,
+    last_report: SystemTime,
+    last_sequence: u64,
+    /// Pods by host UID.
+    pods: BTreeMap<String, PodState>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: BTreeMap<String, NodeEntry>,
+    /// The node each live session reports for (set by its first snapshot).
+    sessions: BTreeMap<SessionId, String>,
+    next_session: u64,
+}
+
+/// The fleet as the aggregator knows it. Cheap to read concurrently.
+#[derive(Debug)]
+pub struct FleetIndex {
+    inner: RwLock<Inner>,
+    stale_after: Duration,
+}
+
+impl FleetIndex {
+    /// An empty index; nodes silent for longer than `stale_after` are reported stale.
+    pub fn new(stale_after: Duration) -> Self {
+        Self { inner: RwLock::default(), stale_after }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a session for a new Report stream.
+    pub fn open_session(&self) -> SessionId {
+        let mut inner = self.write();
+        inner.next_session += 1;
+        SessionId(inner.next_session)
+    }
+
+    /// Ends a session: its node (if it still owns it) is marked disconnected. The node's data
+    /// stays, and turns stale once the grace period has passed.
+    pub fn close_session(&self, session: SessionId) {
+        let mut inner = self.write();
+        if let Some(node) = inner.sessions.remove(&session)
+            && let Some(entry) = inner.nodes.get_mut(&node)
+            && entry.owner == Some(session)
+        {
+            entry.owner = None;
+        }
+    }
+
+    /// The node a session reports for, once it sent a snapshot.
+    pub fn session_node(&self, session: SessionId) -> Option<String> {
+        self.read().sessions.get(&session).cloned()
+    }
+
+    /// Applies one report of `session`, received at `now`.
+    pub fn apply(&self, session: SessionId, report: NodeReport, now: SystemTime) -> Result<(), ApplyError> {
+        validate_report(&report)?;
+        let mut inner = self.write();
+        let bound = inner.sessions.get(&session).cloned();
+        if let Some(node) = &bound
+            && node != &report.node_name
+        {
+            return Err(ApplyError::Invalid(format!(
+                "this stream reports for node {node:?}, not {:?}",
+                report.node_name
+            )));
+        }
+        match report.body {
+            Some(Body::Snapshot(snapshot)) => {
+                inner.sessions.insert(session, report.node_name.clone());
+                let pods = snapshot.pods.into_iter().map(|p| (p.host_uid.clone(), p)).collect();
+                inner.nodes.insert(
+                    report.node_name,
+                    NodeEntry {
+                        agent_version: report.agent_version,
+                        owner: Some(session),
+                        last_report: now,
+                        last_sequence: report.sequence,
+                        pods,
+                        errors: snapshot.errors,
+                    },
+                );
+                Ok(())
+            }
+            Some(Body::Delta(delta)) => {
+                if bound.is_none() {
+                    return Err(ApplyError::NoSnapshot);
+                }
+                let entry = inner
+                    .nodes
+                    .get_mut(&report.node_name)
+                    .ok_or(ApplyError::NoSnapshot)?;
+                if entry.owner != Some(session) {
+                    return Err(ApplyError::Superseded { node: report.node_name });
+                }
+                let expected = entry.last_sequence + 1;
+                if report.sequence != expected {
+                    return Err(ApplyError::SequenceGap { expected, got: report.sequence });
+                }
+                if entry.pods.len() + delta.upserted.len() > MAX_PODS_PER_NODE {
+                    return Err(ApplyError::Invalid(format!("more than {MAX_PODS_PER_NODE} pods on one node")));
+                }
+                for uid in &delta.removed_host_uids {
+                    entry.pods.remove(uid);
+                }
+                for pod in delta.upserted {
+                    entry.pods.insert(pod.host_uid.clone(), pod);
+                }
+                if delta.errors_cleared {
+                    entry.errors.clear();
+                } else if !delta.errors.is_empty() {
+                    entry.errors = delta.errors;
+                }
+                entry.last_sequence = report.sequence;
+                entry.last_report = now;
+                Ok(())
+            }
+            None => Err(ApplyError::Invalid("report has neither snapshot nor delta".into())),
+        }
+    }
+
+    /// Every node, sorted by name, as of `now`.
+    pub fn list_nodes(&self, now: SystemTime) -> Vec<NodeSummary> {
+        self.read().nodes.iter().map(|(name, e)| self.summary(name, e, now)).collect()
+    }
+
+    /// One node's full report, or `None` when no agent reported for it.
+    pub fn get_node(&self, name: &str, now: SystemTime) -> Option<NodeDetail> {
+        let inner = self.read();
+        let entry = inner.nodes.get(name)?;
+        let mut pods: Vec<PodState> = entry.pods.values().cloned().collect();
+        pods.sort_by(|a, b| (&a.host_namespace, &a.host_name).cmp(&(&b.host_namespace, &b.host_name)));
+        Some(NodeDetail { summary: Some(self.summary(name, entry, now)), pods })
+    }
+
+    /// Number of nodes with an open Report stream.
+    pub fn connected_nodes(&self) -> usize {
+        self.read().nodes.values().filter(|e| e.owner.is_some()).count()
+    }
+
+    fn is_stale(&self, entry: &NodeEntry, now: SystemTime) -> bool {
+        now.duration_since(entry.last_report).unwrap_or_default() > self.stale_after
+    }
+
+    fn summary(&self, name: &str, e: &NodeEntry, now: SystemTime) -> NodeSummary {
+        let count = |phase: MountPhase| {
+            e.pods
+                .values()
+                .flat_map(|p| &p.mounts)
+                .filter(|m| m.phase() == phase)
+                .count() as u32
+        };
+        NodeSummary {
+            name: name.to_owned(),
+            connected: e.owner.is_some(),
+            stale: self.is_stale(e, now),
+            last_report: Some(e.last_report.into()),
+            agent_version: e.agent_version.clone(),
+            pods: e.pods.len() as u32,
+            mounts_mounted: count(MountPhase::Mounted),
+            mounts_pending: count(MountPhase::Pending),
+            mounts_failed: count(MountPhase::Failed),
+            mounts_conflict: count(MountPhase::Conflict),
+            errors: e.errors.clone(),
+            last_sequence: e.last_sequence,
+        }
+    }
+}
+
+/// Structural checks on a report from the wire: bounded sizes, required keys.
+fn validate_report(r: &NodeReport) -> Result<(), ApplyError> {
+    let bad = |m: String| Err(ApplyError::Invalid(m));
+    if r.node_name.is_empty() || r.node_name.len() > 253 {
+        return bad("node_name must be 1..253 characters".into());
+    }
+    if r.agent_version.len() > 64 {
+        return bad("agent_version longer than 64 characters".into());
+    }
+    let (pods, errors): (&[PodState], &[String]) = match &r.body {
+        Some(Body::Snapshot(s)) => (&s.pods, &s.errors),
+        Some(Body::Delta(d)) => (&d.upserted, &d.errors),
+        None => return Ok(()),
+    };
+    if pods.len() > MAX_PODS_PER_NODE {
+        return bad(format!("{} pods in one report (at most {MAX_PODS_PER_NODE})", pods.len()));
+    }
+    if errors.len() > MAX_ERRORS || errors.iter().any(|e| e.len() > MAX_FIELD_LEN) {
+        return bad(format!("at most {MAX_ERRORS} node errors of {MAX_FIELD_LEN} characters"));
+    }
+    for p in pods {
+        if p.host_uid.is_empty() {
+            return bad(format!("pod {}/{} has no host_uid", p.host_namespace, p.host_name));
+        }
+        let fields = [
+            &p.host_namespace, &p.host_name, &p.host_uid, &p.vcluster, &p.virtual_namespace,
+            &p.virtual_name, &p.virtual_uid, &p.phase,
+        ];
+        if fields.iter().any(|f| f.len() > MAX_FIELD_LEN)
+            || p.mounts.len() > 8
+            || p.mounts.iter().any(|m| m.target.len() > 4096 || m.reason.len() > MAX_FIELD_LEN || m.layout.len() > 64)
+        {
+            return bad(format!("pod {} has oversized fields", p.host_uid));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetmirror_proto::v1::{MountState, NodeDelta, NodeSnapshot};
+
+    fn pod(uid: &str) -> PodState {
+        PodState {
+            host_namespace: "team-a".into(),
+            host_name: format!("p-{uid}"),
+            host_uid: uid.into(),
+            vcluster: "vc".into(),
+            mounts: vec![MountState { layout: "loft".into(), phase: MountPhase::Mounted as i32, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(node: &str, seq: u64, pods: Vec<PodState>) -> NodeReport {
+        NodeReport {
+            node_name: node.into(),
+            agent_version: "0.1.0".into(),
+            sequence: seq,
+            body: Some(Body::Snapshot(NodeSnapshot { pods, errors: vec![] })),
+        }
+    }
+
+    fn delta(node: &str, seq: u64, upserted: Vec<PodState>, removed: Vec<&str>) -> NodeReport {
+        NodeReport {
+            node_name: node.into(),
+            agent_version: "0.1.0".into(),
+            sequence: seq,
+            body: Some(Body::Delta(NodeDelta {
+                upserted,
+                removed_host_uids: removed.into_iter().map(String::from).collect(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+
+    #[test]
+    fn snapshot_then_deltas() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        idx.apply(s, snapshot("n1", 1, vec![pod("a"), pod("b")]), T0).unwrap();
+        idx.apply(s, delta("n1", 2, vec![pod("c")], vec!["a"]), T0).unwrap();
+        let d = idx.get_node("n1", T0).unwrap();
+        let uids: Vec<_> = d.pods.iter().map(|p| p.host_uid.as_str()).collect();
+        assert_eq!(uids, ["b", "c"]);
+        let sum = d.summary.unwrap();
+        assert!(sum.connected && !sum.stale);
+        assert_eq!((sum.pods, sum.mounts_mounted, sum.last_sequence), (2, 2, 2));
+    }
+
+    #[test]
+    fn delta_first_or_with_gap_asks_for_resync() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        let e = idx.apply(s, delta("n1", 1, vec![], vec![]), T0).unwrap_err();
+        assert_eq!(e, ApplyError::NoSnapshot);
+        assert!(e.needs_resync());
+        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        let e = idx.apply(s, delta("n1", 3, vec![], vec![]), T0).unwrap_err();
+        assert_eq!(e, ApplyError::SequenceGap { expected: 2, got: 3 });
+        assert!(e.needs_resync());
+        // A snapshot at any sequence resets the expectation.
+        idx.apply(s, snapshot("n1", 7, vec![]), T0).unwrap();
+        idx.apply(s, delta("n1", 8, vec![], vec![]), T0).unwrap();
+    }
+
+    #[test]
+    fn newer_session_takes_over_and_old_one_is_refused() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let old = idx.open_session();
+        idx.apply(old, snapshot("n1", 1, vec![pod("a")]), T0).unwrap();
+        let new = idx.open_session();
+        idx.apply(new, snapshot("n1", 1, vec![pod("b")]), T0).unwrap();
+        let e = idx.apply(old, delta("n1", 2, vec![], vec![]), T0).unwrap_err();
+        assert!(matches!(e, ApplyError::Superseded { .. }) && !e.needs_resync());
+        // Closing the old session does not disconnect the node the new one owns.
+        idx.close_session(old);
+        assert!(idx.list_nodes(T0)[0].connected);
+        idx.close_session(new);
+        assert!(!idx.list_nodes(T0)[0].connected);
+        assert_eq!(idx.get_node("n1", T0).unwrap().pods[0].host_uid, "b", "data is kept");
+    }
+
+    #[test]
+    fn one_stream_reports_one_node() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        let e = idx.apply(s, snapshot("n2", 2, vec![]), T0).unwrap_err();
+        assert!(matches!(e, ApplyError::Invalid(_)));
+        assert!(idx.get_node("n2", T0).is_none());
+    }
+
+    #[test]
+    fn silent_nodes_turn_stale() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        assert!(!idx.list_nodes(T0 + Duration::from_secs(60))[0].stale);
+        assert!(idx.list_nodes(T0 + Duration::from_secs(61))[0].stale);
+        idx.apply(s, delta("n1", 2, vec![], vec![]), T0 + Duration::from_secs(61)).unwrap();
+        assert!(!idx.list_nodes(T0 + Duration::from_secs(62))[0].stale, "a heartbeat refreshes");
+    }
+
+    #[test]
+    fn hostile_reports_are_refused() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        for bad in [
+            snapshot("", 1, vec![]),
+            snapshot(&"n".repeat(300), 1, vec![]),
+            snapshot("n1", 1, vec![pod("")]),
+            snapshot("n1", 1, vec![PodState { host_name: "x".repeat(5000), ..pod("a") }]),
+            snapshot("n1", 1, (0..=MAX_PODS_PER_NODE).map(|i| pod(&i.to_string())).collect()),
+            NodeReport { node_name: "n1".into(), body: None, ..Default::default() },
+        ] {
+            assert!(matches!(idx.apply(s, bad, T0), Err(ApplyError::Invalid(_))));
+        }
+        assert!(idx.list_nodes(T0).is_empty());
+    }
+}

@@ -1,0 +1,194 @@
+//! Leader election on the `coordination.k8s.io/v1` Lease `fleetmirror-aggregator`.
+//!
+//! Only the leader writes to the API and accepts agent reports; standbys keep serving gRPC
+//! (health, reflection) and refuse agent streams with UNAVAILABLE, so agents reconnect until
+//! the Service hands them to the leader.
+//!
+//! The algorithm is client-go's: every `retry` the candidate reads the Lease; it takes it when
+//! it is free (no holder) or expired (`renewTime + leaseDurationSeconds` has passed), and the
+//! holder renews it. Every write is an update carrying the `resourceVersion` that was read, so
+//! two candidates can never both win: the API server refuses the second with a conflict. A
+//! leader that cannot renew for a whole lease duration steps down on its own, before a standby
+//! may take over. On shutdown the leader releases the Lease so a standby takes over at once.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The Lease name fixed by the product contract.
+pub const LEASE_NAME: &str = "fleetmirror-aggregator";
+
+/// Settings of one candidate.
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    /// This replica's identity (its pod name).
+    pub identity: String,
+    /// How long the Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// How often to renew or try to acquire.
+    pub retry: Duration,
+}
+
+/// A candidate for the Lease.
+#[derive(Debug)]
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: ElectionConfig,
+}
+
+/// What one attempt found.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// We hold the Lease (acquired or renewed).
+    Held,
+    /// Someone else holds a valid Lease.
+    HeldBy(String),
+}
+
+impl LeaderElector {
+    /// A candidate for the Lease in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, config: ElectionConfig) -> Self {
+        Self { api: Api::namespaced(client, namespace), config }
+    }
+
+    /// Runs until `shutdown`; publishes `true` on `leader` while this replica leads.
+    pub async fn run(self, leader: watch::Sender<bool>, shutdown: CancellationToken) {
+        let mut last_renew: Option<Instant> = None;
+        let mut last_holder = String::new();
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(Attempt::Held) => {
+                    if !*leader.borrow() {
+                        tracing::info!(identity = %self.config.identity, lease = LEASE_NAME, "became leader");
+                    }
+                    last_renew = Some(Instant::now());
+                    leader.send_replace(true);
+                }
+                Ok(Attempt::HeldBy(holder)) => {
+                    if *leader.borrow() {
+                        tracing::warn!(%holder, "lost the lease to another replica; stepping down");
+                    } else if holder != last_holder {
+                        tracing::info!(%holder, "standing by: another replica leads");
+                    }
+                    last_holder = holder;
+                    last_renew = None;
+                    leader.send_replace(false);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "leader election: cannot read or write the lease");
+                    // Step down before the Lease can expire for the others.
+                    let expired = last_renew
+                        .is_none_or(|t| t.elapsed() + self.config.retry >= self.config.lease_duration);
+                    if expired && *leader.borrow() {
+                        tracing::warn!("could not renew the lease in time; stepping down");
+                        leader.send_replace(false);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retry) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        if *leader.borrow() {
+            leader.send_replace(false);
+            match self.release().await {
+                Ok(()) => tracing::info!("released the lease"),
+                Err(error) => tracing::warn!(%error, "could not release the lease; a standby takes over when it expires"),
+            }
+        }
+    }
+
+    async fn try_acquire_or_renew(&self) -> Result<Attempt, kube::Error> {
+        let now = Timestamp::now();
+        let me = &self.config.identity;
+        let duration_secs = self.config.lease_duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("(another replica)".into())),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        if holder != *me && !holder.is_empty() && !expired(spec, now) {
+            return Ok(Attempt::HeldBy(holder));
+        }
+        if holder != *me {
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.holder_identity = Some(me.clone());
+        }
+        spec.renew_time = Some(MicroTime(now));
+        spec.lease_duration_seconds = Some(duration_secs);
+        // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+        match self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(Attempt::Held),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("(another replica)".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self) -> Result<(), kube::Error> {
+        let mut lease = self.api.get(LEASE_NAME).await?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await.map(|_| ())
+    }
+}
+
+/// True when the Lease's holder failed to renew within its duration.
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let (Some(MicroTime(renewed)), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+        return true;
+    };
+    match renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(secs.into())) {
+        Ok(deadline) => deadline < now,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(renewed_secs_ago: i64, duration: i32) -> LeaseSpec {
+        let now = Timestamp::now();
+        LeaseSpec {
+            holder_identity: Some("other".into()),
+            renew_time: Some(MicroTime(now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago))),
+            lease_duration_seconds: Some(duration),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expiry() {
+        let now = Timestamp::now();
+        assert!(!expired(&spec(5, 15), now));
+        assert!(expired(&spec(16, 15), now));
+        assert!(expired(&LeaseSpec::default(), now), "a lease never renewed is free");
+    }
+}

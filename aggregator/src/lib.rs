@@ -1,0 +1,17 @@
+//! fleetmirror-aggregator: the central, unprivileged half of fleetmirror.
+//!
+//! Data flows one way: watches and agent reports → the in-memory [`index::FleetIndex`] →
+//! reconcilers that write status and generated objects (leader only). The gRPC handlers read
+//! the index and never call the Kubernetes API.
+//!
+//! * [`args`]: flags; [`crd`]: the custom resources (CRD YAML is generated from them);
+//! * [`index`]: the fleet index and the Report protocol rules;
+//! * [`grpc`]: AgentService, Diagnostics, health and reflection;
+//! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
+
+pub mod args;
+pub mod crd;
+pub mod grpc;
+pub mod index;
+pub mod leader;
+pub mod metrics;

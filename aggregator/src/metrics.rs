@@ -1,0 +1,70 @@
+//! The aggregator's Prometheus metrics (`fleetmirror_` prefix, bounded labels: never an
+//! object name or error text as a label value).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of report counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `snapshot` or `delta`.
+    pub kind: &'static str,
+}
+
+/// Labels of rejection counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A bounded category (see `ApplyError::category` and the auth errors).
+    pub reason: &'static str,
+}
+
+/// Labels of the build-info gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version.
+    pub version: &'static str,
+}
+
+/// Every metric the aggregator exports.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// 1 while this replica holds the Lease.
+    pub leader: Gauge,
+    /// Open agent Report streams.
+    pub agent_streams: Gauge,
+    /// Agent reports applied, by kind.
+    pub reports: Family<KindLabel, Counter>,
+    /// Agent reports or streams refused, by reason.
+    pub report_rejections: Family<ReasonLabel, Counter>,
+    /// Resyncs requested from agents.
+    pub resyncs: Counter,
+    build_info: Family<BuildLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `fleetmirror` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("fleetmirror");
+        r.register("aggregator_leader", "1 while this replica holds the leader-election Lease", m.leader.clone());
+        r.register("aggregator_agent_streams", "Open agent Report streams", m.agent_streams.clone());
+        r.register("aggregator_reports", "Agent reports applied, by kind (snapshot or delta)", m.reports.clone());
+        r.register(
+            "aggregator_report_rejections",
+            "Agent reports or streams refused, by reason",
+            m.report_rejections.clone(),
+        );
+        r.register("aggregator_resyncs", "Snapshots requested from agents after a gap", m.resyncs.clone());
+        r.register("aggregator_build_info", "Build information; always 1", m.build_info.clone());
+        m.build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        m
+    }
+
+    /// Counts one refused report or stream.
+    pub fn reject(&self, reason: &'static str) {
+        self.report_rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
