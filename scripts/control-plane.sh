@@ -19,9 +19,11 @@
 set -euo pipefail
 
 KUBE_VERSION=1.20.2
+# Bump BUILD_REVISION whenever the way kube-apiserver is built changes: it keys the cache.
+BUILD_REVISION=2
 CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
 STATE=${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}
-APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION/kube-apiserver
+APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION-r$BUILD_REVISION/kube-apiserver
 ADMIN_TOKEN=fleetmirror-admin-token
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
@@ -50,7 +52,7 @@ build() {
   if [ -x "$APISERVER" ]; then
     return 0
   fi
-  apt_install golang-go rsync jq make dpkg-dev
+  apt_install golang-go rsync jq make dpkg-dev golang-github-modern-go-reflect2-dev
   local work=$CACHE/build
   rm -rf "$work"
   mkdir -p "$work/parts" "$work/lists/partial" "$work/home"
@@ -70,6 +72,13 @@ build() {
   tar xf "$orig" -C "$work"
   local tree=$work/kubernetes-$KUBE_VERSION
   [ -d "$tree" ] || die "Debian's kubernetes source is not version $KUBE_VERSION (found: $(ls "$work"))"
+  # Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, whose map iteration crashes the process
+  # (SIGSEGV in mapiterinit) when built with Go >= 1.18, as Debian's Go is: the API server dies
+  # on the first custom resource it stores. reflect2 1.0.2 fixes it without an API change;
+  # Debian ships it as Go source, so swap it into the vendor tree.
+  local reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [ -f "$reflect2/go_above_118.go" ] || die "$reflect2 is not reflect2 >= 1.0.2"
+  rsync -a --delete --exclude '*_test.go' --exclude '.*' "$reflect2/" "$tree/vendor/github.com/modern-go/reflect2/"
   mkdir -p "$tree/.go/src/k8s.io"
   ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
   log "building kube-apiserver $KUBE_VERSION (about 10 minutes on 2 cores; log: $work/build.log)"
@@ -160,7 +169,7 @@ start_apiserver() {
     --token-auth-file="$STATE/pki/tokens.csv" --authorization-mode=RBAC \
     --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
     --service-account-issuer=https://localhost --api-audiences=https://localhost \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true --cert-dir="$dir/certs" \
+    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true --cert-dir="$dir/certs" \
     --disable-admission-plugins=ServiceAccount >"$dir/apiserver.log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/apiserver.pid"
   write_kubeconfig "$i" "$port"

@@ -102,7 +102,10 @@ mod tests {
         assert!(a.leader_elect);
         assert_eq!(a.pod_source, PodSource::Agents);
         assert_eq!(a.agent_stale_after, Duration::from_secs(60));
-        assert_eq!(a.common.log_format, fleetmirror_runtime::logging::LogFormat::Plain);
+        assert_eq!(
+            a.common.log_format,
+            fleetmirror_runtime::logging::LogFormat::Plain
+        );
         assert!(a.validate().is_ok());
     }
 
@@ -116,7 +119,14 @@ mod tests {
 
     #[test]
     fn lease_timing_is_checked() {
-        let a = Args::try_parse_from(["x", "--lease-duration", "2s", "--lease-retry-interval", "2s"]).unwrap();
+        let a = Args::try_parse_from([
+            "x",
+            "--lease-duration",
+            "2s",
+            "--lease-retry-interval",
+            "2s",
+        ])
+        .unwrap();
         assert!(a.validate().unwrap_err().contains("--lease-retry-interval"));
     }
 }

@@ -32,14 +32,15 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VClusterHealthSpec {
-    /// Host namespace(s) to score: "" means `vcluster`, "*" or "all" means every namespace,
-    /// anything else is that one namespace.
-    #[serde(default)]
-    pub namespace: String,
-    /// Upper bound on the staleness of the status, in seconds; ≤ 0 means 30. Changes are
-    /// picked up sooner: this is not the only trigger.
-    #[serde(default)]
-    pub interval_seconds: i64,
+    /// Host namespace(s) to score: unset or "" means `vcluster`, "*" or "all" means every
+    /// namespace, anything else is that one namespace.
+    // (No schema default: a 1.20 API server turns an empty-string default into null.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Upper bound on the staleness of the status, in seconds; unset or ≤ 0 means 30. Changes
+    /// are picked up sooner: this is not the only trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<i64>,
 }
 
 /// What the aggregator found.
@@ -137,7 +138,9 @@ pub struct Summary {
 }
 
 /// Every CRD the aggregator owns, in the order they are written to `deploy/crds/`.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     use kube::CustomResourceExt;
     vec![VClusterHealth::crd()]
 }

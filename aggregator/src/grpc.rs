@@ -38,7 +38,9 @@ fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
     if value.len() > 253 {
-        return Err(Status::invalid_argument(format!("{field} is longer than 253 characters")));
+        return Err(Status::invalid_argument(format!(
+            "{field} is longer than 253 characters"
+        )));
     }
     Ok(value)
 }
@@ -72,17 +74,24 @@ impl Diagnostics for DiagnosticsService {
         let r = request.into_inner();
         let ns = require_label("namespace", &r.namespace)?;
         let name = require_label("name", &r.name)?;
-        Err(Status::not_found(format!("no vCluster {name} in namespace {ns}")))
+        Err(Status::not_found(format!(
+            "no vCluster {name} in namespace {ns}"
+        )))
     }
 
     async fn list_nodes(
         &self,
         _request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        Ok(Response::new(ListNodesResponse { nodes: self.index.list_nodes(SystemTime::now()) }))
+        Ok(Response::new(ListNodesResponse {
+            nodes: self.index.list_nodes(SystemTime::now()),
+        }))
     }
 
-    async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<NodeDetail>, Status> {
+    async fn get_node(
+        &self,
+        request: Request<GetNodeRequest>,
+    ) -> Result<Response<NodeDetail>, Status> {
         let r = request.into_inner();
         let name = require("name", &r.name)?;
         self.index
@@ -107,10 +116,15 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<ReportAck, Status>> + Send>>;
 impl AgentService for AgentReportService {
     type ReportStream = AckStream;
 
-    async fn report(&self, request: Request<Streaming<NodeReport>>) -> Result<Response<AckStream>, Status> {
+    async fn report(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<AckStream>, Status> {
         if !*self.leader.borrow() {
             self.metrics.reject("not_leader");
-            return Err(Status::unavailable("this aggregator replica is not the leader; reconnect"));
+            return Err(Status::unavailable(
+                "this aggregator replica is not the leader; reconnect",
+            ));
         }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -171,16 +185,26 @@ impl AgentReportService {
         };
         let ack = match self.index.apply(session, report, SystemTime::now()) {
             Ok(()) => {
-                self.metrics.reports.get_or_create(&KindLabel { kind }).inc();
+                self.metrics
+                    .reports
+                    .get_or_create(&KindLabel { kind })
+                    .inc();
                 if kind == "snapshot" {
                     tracing::info!(node, sequence, "agent snapshot applied");
                 }
-                ReportAck { sequence, ..Default::default() }
+                ReportAck {
+                    sequence,
+                    ..Default::default()
+                }
             }
             Err(e) if e.needs_resync() => {
                 self.metrics.resyncs.inc();
                 tracing::info!(node, sequence, reason = %e, "asking agent for a snapshot");
-                ReportAck { sequence, resync_required: true, message: e.to_string() }
+                ReportAck {
+                    sequence,
+                    resync_required: true,
+                    message: e.to_string(),
+                }
             }
             Err(e) => {
                 self.metrics.reject(e.category());
@@ -191,7 +215,9 @@ impl AgentReportService {
                 });
             }
         };
-        tx.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+        tx.send(Ok(ack))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))
     }
 }
 
@@ -212,10 +238,17 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Serves until `shutdown` is cancelled.
-    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<DiagnosticsServer<DiagnosticsService>>().await;
-        health.set_serving::<AgentServiceServer<AgentReportService>>().await;
+        health
+            .set_serving::<DiagnosticsServer<DiagnosticsService>>()
+            .await;
+        health
+            .set_serving::<AgentServiceServer<AgentReportService>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fleetmirror_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -228,7 +261,9 @@ impl GrpcServer {
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "gRPC server listening");
         self.ready.set(true);
-        let diagnostics = DiagnosticsService { index: self.index.clone() };
+        let diagnostics = DiagnosticsService {
+            index: self.index.clone(),
+        };
         let agents = AgentReportService {
             index: self.index,
             leader: self.leader,
@@ -247,7 +282,9 @@ impl GrpcServer {
                 let health = health.clone();
                 async move {
                     shutdown.cancelled().await;
-                    health.set_not_serving::<DiagnosticsServer<DiagnosticsService>>().await;
+                    health
+                        .set_not_serving::<DiagnosticsServer<DiagnosticsService>>()
+                        .await;
                 }
             })
             .await;

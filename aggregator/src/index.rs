@@ -51,7 +51,10 @@ pub enum ApplyError {
 impl ApplyError {
     /// True when the agent should send a snapshot on the same stream.
     pub fn needs_resync(&self) -> bool {
-        matches!(self, ApplyError::NoSnapshot | ApplyError::SequenceGap { .. })
+        matches!(
+            self,
+            ApplyError::NoSnapshot | ApplyError::SequenceGap { .. }
+        )
     }
 
     /// A bounded label for metrics.
@@ -96,7 +99,10 @@ pub struct FleetIndex {
 impl FleetIndex {
     /// An empty index; nodes silent for longer than `stale_after` are reported stale.
     pub fn new(stale_after: Duration) -> Self {
-        Self { inner: RwLock::default(), stale_after }
+        Self {
+            inner: RwLock::default(),
+            stale_after,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -132,7 +138,12 @@ impl FleetIndex {
     }
 
     /// Applies one report of `session`, received at `now`.
-    pub fn apply(&self, session: SessionId, report: NodeReport, now: SystemTime) -> Result<(), ApplyError> {
+    pub fn apply(
+        &self,
+        session: SessionId,
+        report: NodeReport,
+        now: SystemTime,
+    ) -> Result<(), ApplyError> {
         validate_report(&report)?;
         let mut inner = self.write();
         let bound = inner.sessions.get(&session).cloned();
@@ -147,7 +158,11 @@ impl FleetIndex {
         match report.body {
             Some(Body::Snapshot(snapshot)) => {
                 inner.sessions.insert(session, report.node_name.clone());
-                let pods = snapshot.pods.into_iter().map(|p| (p.host_uid.clone(), p)).collect();
+                let pods = snapshot
+                    .pods
+                    .into_iter()
+                    .map(|p| (p.host_uid.clone(), p))
+                    .collect();
                 inner.nodes.insert(
                     report.node_name,
                     NodeEntry {
@@ -170,14 +185,21 @@ impl FleetIndex {
                     .get_mut(&report.node_name)
                     .ok_or(ApplyError::NoSnapshot)?;
                 if entry.owner != Some(session) {
-                    return Err(ApplyError::Superseded { node: report.node_name });
+                    return Err(ApplyError::Superseded {
+                        node: report.node_name,
+                    });
                 }
                 let expected = entry.last_sequence + 1;
                 if report.sequence != expected {
-                    return Err(ApplyError::SequenceGap { expected, got: report.sequence });
+                    return Err(ApplyError::SequenceGap {
+                        expected,
+                        got: report.sequence,
+                    });
                 }
                 if entry.pods.len() + delta.upserted.len() > MAX_PODS_PER_NODE {
-                    return Err(ApplyError::Invalid(format!("more than {MAX_PODS_PER_NODE} pods on one node")));
+                    return Err(ApplyError::Invalid(format!(
+                        "more than {MAX_PODS_PER_NODE} pods on one node"
+                    )));
                 }
                 for uid in &delta.removed_host_uids {
                     entry.pods.remove(uid);
@@ -194,13 +216,19 @@ impl FleetIndex {
                 entry.last_report = now;
                 Ok(())
             }
-            None => Err(ApplyError::Invalid("report has neither snapshot nor delta".into())),
+            None => Err(ApplyError::Invalid(
+                "report has neither snapshot nor delta".into(),
+            )),
         }
     }
 
     /// Every node, sorted by name, as of `now`.
     pub fn list_nodes(&self, now: SystemTime) -> Vec<NodeSummary> {
-        self.read().nodes.iter().map(|(name, e)| self.summary(name, e, now)).collect()
+        self.read()
+            .nodes
+            .iter()
+            .map(|(name, e)| self.summary(name, e, now))
+            .collect()
     }
 
     /// One node's full report, or `None` when no agent reported for it.
@@ -208,13 +236,22 @@ impl FleetIndex {
         let inner = self.read();
         let entry = inner.nodes.get(name)?;
         let mut pods: Vec<PodState> = entry.pods.values().cloned().collect();
-        pods.sort_by(|a, b| (&a.host_namespace, &a.host_name).cmp(&(&b.host_namespace, &b.host_name)));
-        Some(NodeDetail { summary: Some(self.summary(name, entry, now)), pods })
+        pods.sort_by(|a, b| {
+            (&a.host_namespace, &a.host_name).cmp(&(&b.host_namespace, &b.host_name))
+        });
+        Some(NodeDetail {
+            summary: Some(self.summary(name, entry, now)),
+            pods,
+        })
     }
 
     /// Number of nodes with an open Report stream.
     pub fn connected_nodes(&self) -> usize {
-        self.read().nodes.values().filter(|e| e.owner.is_some()).count()
+        self.read()
+            .nodes
+            .values()
+            .filter(|e| e.owner.is_some())
+            .count()
     }
 
     fn is_stale(&self, entry: &NodeEntry, now: SystemTime) -> bool {
@@ -261,22 +298,38 @@ fn validate_report(r: &NodeReport) -> Result<(), ApplyError> {
         None => return Ok(()),
     };
     if pods.len() > MAX_PODS_PER_NODE {
-        return bad(format!("{} pods in one report (at most {MAX_PODS_PER_NODE})", pods.len()));
+        return bad(format!(
+            "{} pods in one report (at most {MAX_PODS_PER_NODE})",
+            pods.len()
+        ));
     }
     if errors.len() > MAX_ERRORS || errors.iter().any(|e| e.len() > MAX_FIELD_LEN) {
-        return bad(format!("at most {MAX_ERRORS} node errors of {MAX_FIELD_LEN} characters"));
+        return bad(format!(
+            "at most {MAX_ERRORS} node errors of {MAX_FIELD_LEN} characters"
+        ));
     }
     for p in pods {
         if p.host_uid.is_empty() {
-            return bad(format!("pod {}/{} has no host_uid", p.host_namespace, p.host_name));
+            return bad(format!(
+                "pod {}/{} has no host_uid",
+                p.host_namespace, p.host_name
+            ));
         }
         let fields = [
-            &p.host_namespace, &p.host_name, &p.host_uid, &p.vcluster, &p.virtual_namespace,
-            &p.virtual_name, &p.virtual_uid, &p.phase,
+            &p.host_namespace,
+            &p.host_name,
+            &p.host_uid,
+            &p.vcluster,
+            &p.virtual_namespace,
+            &p.virtual_name,
+            &p.virtual_uid,
+            &p.phase,
         ];
         if fields.iter().any(|f| f.len() > MAX_FIELD_LEN)
             || p.mounts.len() > 8
-            || p.mounts.iter().any(|m| m.target.len() > 4096 || m.reason.len() > MAX_FIELD_LEN || m.layout.len() > 64)
+            || p.mounts.iter().any(|m| {
+                m.target.len() > 4096 || m.reason.len() > MAX_FIELD_LEN || m.layout.len() > 64
+            })
         {
             return bad(format!("pod {} has oversized fields", p.host_uid));
         }
@@ -295,7 +348,11 @@ mod tests {
             host_name: format!("p-{uid}"),
             host_uid: uid.into(),
             vcluster: "vc".into(),
-            mounts: vec![MountState { layout: "loft".into(), phase: MountPhase::Mounted as i32, ..Default::default() }],
+            mounts: vec![MountState {
+                layout: "loft".into(),
+                phase: MountPhase::Mounted as i32,
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -305,7 +362,10 @@ mod tests {
             node_name: node.into(),
             agent_version: "0.1.0".into(),
             sequence: seq,
-            body: Some(Body::Snapshot(NodeSnapshot { pods, errors: vec![] })),
+            body: Some(Body::Snapshot(NodeSnapshot {
+                pods,
+                errors: vec![],
+            })),
         }
     }
 
@@ -328,8 +388,10 @@ mod tests {
     fn snapshot_then_deltas() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        idx.apply(s, snapshot("n1", 1, vec![pod("a"), pod("b")]), T0).unwrap();
-        idx.apply(s, delta("n1", 2, vec![pod("c")], vec!["a"]), T0).unwrap();
+        idx.apply(s, snapshot("n1", 1, vec![pod("a"), pod("b")]), T0)
+            .unwrap();
+        idx.apply(s, delta("n1", 2, vec![pod("c")], vec!["a"]), T0)
+            .unwrap();
         let d = idx.get_node("n1", T0).unwrap();
         let uids: Vec<_> = d.pods.iter().map(|p| p.host_uid.as_str()).collect();
         assert_eq!(uids, ["b", "c"]);
@@ -342,12 +404,22 @@ mod tests {
     fn delta_first_or_with_gap_asks_for_resync() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        let e = idx.apply(s, delta("n1", 1, vec![], vec![]), T0).unwrap_err();
+        let e = idx
+            .apply(s, delta("n1", 1, vec![], vec![]), T0)
+            .unwrap_err();
         assert_eq!(e, ApplyError::NoSnapshot);
         assert!(e.needs_resync());
         idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
-        let e = idx.apply(s, delta("n1", 3, vec![], vec![]), T0).unwrap_err();
-        assert_eq!(e, ApplyError::SequenceGap { expected: 2, got: 3 });
+        let e = idx
+            .apply(s, delta("n1", 3, vec![], vec![]), T0)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ApplyError::SequenceGap {
+                expected: 2,
+                got: 3
+            }
+        );
         assert!(e.needs_resync());
         // A snapshot at any sequence resets the expectation.
         idx.apply(s, snapshot("n1", 7, vec![]), T0).unwrap();
@@ -358,17 +430,25 @@ mod tests {
     fn newer_session_takes_over_and_old_one_is_refused() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let old = idx.open_session();
-        idx.apply(old, snapshot("n1", 1, vec![pod("a")]), T0).unwrap();
+        idx.apply(old, snapshot("n1", 1, vec![pod("a")]), T0)
+            .unwrap();
         let new = idx.open_session();
-        idx.apply(new, snapshot("n1", 1, vec![pod("b")]), T0).unwrap();
-        let e = idx.apply(old, delta("n1", 2, vec![], vec![]), T0).unwrap_err();
+        idx.apply(new, snapshot("n1", 1, vec![pod("b")]), T0)
+            .unwrap();
+        let e = idx
+            .apply(old, delta("n1", 2, vec![], vec![]), T0)
+            .unwrap_err();
         assert!(matches!(e, ApplyError::Superseded { .. }) && !e.needs_resync());
         // Closing the old session does not disconnect the node the new one owns.
         idx.close_session(old);
         assert!(idx.list_nodes(T0)[0].connected);
         idx.close_session(new);
         assert!(!idx.list_nodes(T0)[0].connected);
-        assert_eq!(idx.get_node("n1", T0).unwrap().pods[0].host_uid, "b", "data is kept");
+        assert_eq!(
+            idx.get_node("n1", T0).unwrap().pods[0].host_uid,
+            "b",
+            "data is kept"
+        );
     }
 
     #[test]
@@ -388,8 +468,16 @@ mod tests {
         idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
         assert!(!idx.list_nodes(T0 + Duration::from_secs(60))[0].stale);
         assert!(idx.list_nodes(T0 + Duration::from_secs(61))[0].stale);
-        idx.apply(s, delta("n1", 2, vec![], vec![]), T0 + Duration::from_secs(61)).unwrap();
-        assert!(!idx.list_nodes(T0 + Duration::from_secs(62))[0].stale, "a heartbeat refreshes");
+        idx.apply(
+            s,
+            delta("n1", 2, vec![], vec![]),
+            T0 + Duration::from_secs(61),
+        )
+        .unwrap();
+        assert!(
+            !idx.list_nodes(T0 + Duration::from_secs(62))[0].stale,
+            "a heartbeat refreshes"
+        );
     }
 
     #[test]
@@ -400,9 +488,26 @@ mod tests {
             snapshot("", 1, vec![]),
             snapshot(&"n".repeat(300), 1, vec![]),
             snapshot("n1", 1, vec![pod("")]),
-            snapshot("n1", 1, vec![PodState { host_name: "x".repeat(5000), ..pod("a") }]),
-            snapshot("n1", 1, (0..=MAX_PODS_PER_NODE).map(|i| pod(&i.to_string())).collect()),
-            NodeReport { node_name: "n1".into(), body: None, ..Default::default() },
+            snapshot(
+                "n1",
+                1,
+                vec![PodState {
+                    host_name: "x".repeat(5000),
+                    ..pod("a")
+                }],
+            ),
+            snapshot(
+                "n1",
+                1,
+                (0..=MAX_PODS_PER_NODE)
+                    .map(|i| pod(&i.to_string()))
+                    .collect(),
+            ),
+            NodeReport {
+                node_name: "n1".into(),
+                body: None,
+                ..Default::default()
+            },
         ] {
             assert!(matches!(idx.apply(s, bad, T0), Err(ApplyError::Invalid(_))));
         }

@@ -53,7 +53,10 @@ enum Attempt {
 impl LeaderElector {
     /// A candidate for the Lease in `namespace`.
     pub fn new(client: kube::Client, namespace: &str, config: ElectionConfig) -> Self {
-        Self { api: Api::namespaced(client, namespace), config }
+        Self {
+            api: Api::namespaced(client, namespace),
+            config,
+        }
     }
 
     /// Runs until `shutdown`; publishes `true` on `leader` while this replica leads.
@@ -82,8 +85,9 @@ impl LeaderElector {
                 Err(error) => {
                     tracing::warn!(%error, "leader election: cannot read or write the lease");
                     // Step down before the Lease can expire for the others.
-                    let expired = last_renew
-                        .is_none_or(|t| t.elapsed() + self.config.retry >= self.config.lease_duration);
+                    let expired = last_renew.is_none_or(|t| {
+                        t.elapsed() + self.config.retry >= self.config.lease_duration
+                    });
                     if expired && *leader.borrow() {
                         tracing::warn!("could not renew the lease in time; stepping down");
                         leader.send_replace(false);
@@ -99,7 +103,9 @@ impl LeaderElector {
             leader.send_replace(false);
             match self.release().await {
                 Ok(()) => tracing::info!("released the lease"),
-                Err(error) => tracing::warn!(%error, "could not release the lease; a standby takes over when it expires"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not release the lease; a standby takes over when it expires")
+                }
             }
         }
     }
@@ -110,7 +116,10 @@ impl LeaderElector {
         let duration_secs = self.config.lease_duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(LEASE_NAME.into()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -122,7 +131,9 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("(another replica)".into())),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Attempt::HeldBy("(another replica)".into()))
+                }
                 Err(e) => Err(e),
             };
         };
@@ -139,9 +150,15 @@ impl LeaderElector {
         spec.renew_time = Some(MicroTime(now));
         spec.lease_duration_seconds = Some(duration_secs);
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
-        match self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(Attempt::Held),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("(another replica)".into())),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Ok(Attempt::HeldBy("(another replica)".into()))
+            }
             Err(e) => Err(e),
         }
     }
@@ -155,13 +172,17 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await.map(|_| ())
+        self.api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
     }
 }
 
 /// True when the Lease's holder failed to renew within its duration.
 fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let (Some(MicroTime(renewed)), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+    let (Some(MicroTime(renewed)), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds)
+    else {
         return true;
     };
     match renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(secs.into())) {
@@ -178,7 +199,9 @@ mod tests {
         let now = Timestamp::now();
         LeaseSpec {
             holder_identity: Some("other".into()),
-            renew_time: Some(MicroTime(now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago))),
+            renew_time: Some(MicroTime(
+                now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago),
+            )),
             lease_duration_seconds: Some(duration),
             ..Default::default()
         }
@@ -189,6 +212,9 @@ mod tests {
         let now = Timestamp::now();
         assert!(!expired(&spec(5, 15), now));
         assert!(expired(&spec(16, 15), now));
-        assert!(expired(&LeaseSpec::default(), now), "a lease never renewed is free");
+        assert!(
+            expired(&LeaseSpec::default(), now),
+            "a lease never renewed is free"
+        );
     }
 }

@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
     let grpc_addr = parse_listen_addr(&args.grpc_addr).context("--grpc-addr")?;
     let admin_addr = parse_listen_addr(&args.admin_addr).context("--admin-addr")?;
     let client = kubeconfig::client(args.common.kubeconfig.as_deref()).await?;
-    let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -42,11 +45,16 @@ async fn main() -> anyhow::Result<()> {
     let index = Arc::new(FleetIndex::new(args.agent_stale_after));
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
 
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let mut tasks: JoinSet<shutdown::TaskExit> = JoinSet::new();
     {
         let (readiness, token) = (readiness.clone(), token.clone());
         tasks.spawn(async move {
-            ("admin server", admin::serve(admin_addr, registry, readiness, token).await.map_err(Into::into))
+            (
+                "admin server",
+                admin::serve(admin_addr, registry, readiness, token)
+                    .await
+                    .map_err(Into::into),
+            )
         });
     }
     {
@@ -58,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
             ready: readiness.register("grpc"),
         };
         let token = token.clone();
-        tasks.spawn(async move { ("gRPC server", server.serve(token).await.map_err(|e| anyhow::anyhow!(e))) });
+        tasks.spawn(async move { ("gRPC server", server.serve(token).await) });
     }
     {
         let gauge = metrics.leader.clone();
@@ -74,7 +82,11 @@ async fn main() -> anyhow::Result<()> {
         let elector = LeaderElector::new(
             client.clone(),
             &namespace,
-            ElectionConfig { identity, lease_duration: args.lease_duration, retry: args.lease_retry_interval },
+            ElectionConfig {
+                identity,
+                lease_duration: args.lease_duration,
+                retry: args.lease_retry_interval,
+            },
         );
         let token = token.clone();
         tasks.spawn(async move {
@@ -93,20 +105,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let mut failed = false;
-    while let Some(joined) = tasks.join_next().await {
-        let (name, result) = joined.context("a task panicked")?;
-        if !token.is_cancelled() {
-            tracing::error!(task = name, error = ?result.as_ref().err(), "critical task ended; shutting down");
-            failed = true;
-            token.cancel();
-        } else if let Err(error) = result {
-            tracing::warn!(task = name, %error, "task ended with an error during shutdown");
-        }
-    }
-    if failed {
-        bail!("a critical task ended unexpectedly");
-    }
+    shutdown::supervise(tasks, token).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -116,6 +115,10 @@ async fn main() -> anyhow::Result<()> {
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim();
-    let host = if host.is_empty() { "fleetmirror-aggregator" } else { host };
+    let host = if host.is_empty() {
+        "fleetmirror-aggregator"
+    } else {
+        host
+    };
     format!("{host}_{:08x}", rand::random::<u32>())
 }

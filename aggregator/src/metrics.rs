@@ -21,13 +21,6 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// Labels of the build-info gauge.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    /// The crate version.
-    pub version: &'static str,
-}
-
 /// Every metric the aggregator exports.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -41,30 +34,50 @@ pub struct Metrics {
     pub report_rejections: Family<ReasonLabel, Counter>,
     /// Resyncs requested from agents.
     pub resyncs: Counter,
-    build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them under the `fleetmirror` prefix.
     pub fn register(registry: &mut Registry) -> Self {
+        fleetmirror_runtime::admin::register_build_info(
+            registry,
+            "aggregator",
+            env!("CARGO_PKG_VERSION"),
+        );
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("fleetmirror");
-        r.register("aggregator_leader", "1 while this replica holds the leader-election Lease", m.leader.clone());
-        r.register("aggregator_agent_streams", "Open agent Report streams", m.agent_streams.clone());
-        r.register("aggregator_reports", "Agent reports applied, by kind (snapshot or delta)", m.reports.clone());
+        r.register(
+            "aggregator_leader",
+            "1 while this replica holds the leader-election Lease",
+            m.leader.clone(),
+        );
+        r.register(
+            "aggregator_agent_streams",
+            "Open agent Report streams",
+            m.agent_streams.clone(),
+        );
+        r.register(
+            "aggregator_reports",
+            "Agent reports applied, by kind (snapshot or delta)",
+            m.reports.clone(),
+        );
         r.register(
             "aggregator_report_rejections",
             "Agent reports or streams refused, by reason",
             m.report_rejections.clone(),
         );
-        r.register("aggregator_resyncs", "Snapshots requested from agents after a gap", m.resyncs.clone());
-        r.register("aggregator_build_info", "Build information; always 1", m.build_info.clone());
-        m.build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        r.register(
+            "aggregator_resyncs",
+            "Snapshots requested from agents after a gap",
+            m.resyncs.clone(),
+        );
         m
     }
 
     /// Counts one refused report or stream.
     pub fn reject(&self, reason: &'static str) {
-        self.report_rejections.get_or_create(&ReasonLabel { reason }).inc();
+        self.report_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }

@@ -88,9 +88,14 @@ impl std::fmt::Display for NameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NameError::Empty => write!(f, "is empty"),
-            NameError::TooLong { len, max } => write!(f, "is {len} characters long (at most {max})"),
+            NameError::TooLong { len, max } => {
+                write!(f, "is {len} characters long (at most {max})")
+            }
             NameError::BadCharacter { at } => {
-                write!(f, "has a character other than a-z, 0-9 or '-' at offset {at}")
+                write!(
+                    f,
+                    "has a character other than a-z, 0-9 or '-' at offset {at}"
+                )
             }
             NameError::BadEdge => write!(f, "must start and end with a-z or 0-9"),
             NameError::NotUuid => write!(f, "is not a UUID"),
@@ -108,7 +113,10 @@ pub fn validate_dns1123_label(name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { len: name.len(), max: MAX_NAME_LEN });
+        return Err(NameError::TooLong {
+            len: name.len(),
+            max: MAX_NAME_LEN,
+        });
     }
     if let Some(at) = name
         .bytes()
@@ -120,6 +128,30 @@ pub fn validate_dns1123_label(name: &str) -> Result<(), NameError> {
     let bytes = name.as_bytes();
     if !edge_ok(bytes[0]) || !edge_ok(bytes[bytes.len() - 1]) {
         return Err(NameError::BadEdge);
+    }
+    Ok(())
+}
+
+/// Validates a DNS-1123 subdomain (what Kubernetes requires of node names): at most 253
+/// characters, dot-separated DNS-1123 labels.
+pub fn validate_dns1123_subdomain(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > 253 {
+        return Err(NameError::TooLong {
+            len: name.len(),
+            max: 253,
+        });
+    }
+    let mut offset = 0;
+    for label in name.split('.') {
+        validate_dns1123_label(label).map_err(|e| match e {
+            NameError::BadCharacter { at } => NameError::BadCharacter { at: offset + at },
+            NameError::Empty => NameError::BadEdge,
+            other => other,
+        })?;
+        offset += label.len() + 1;
     }
     Ok(())
 }
@@ -150,9 +182,15 @@ mod tests {
 
     #[test]
     fn short_names_are_joined() {
-        assert_eq!(host_name("coredns-abc", "kube-system", "vc"), "coredns-abc-x-kube-system-x-vc");
+        assert_eq!(
+            host_name("coredns-abc", "kube-system", "vc"),
+            "coredns-abc-x-kube-system-x-vc"
+        );
         assert_eq!(kube_dns_service_name("vc"), "kube-dns-x-kube-system-x-vc");
-        assert_eq!(node_service_name("vc", "node-1.example.com"), "vc-node-node-1-example-com");
+        assert_eq!(
+            node_service_name("vc", "node-1.example.com"),
+            "vc-node-node-1-example-com"
+        );
     }
 
     #[test]
@@ -205,10 +243,35 @@ mod tests {
             Err(NameError::TooLong { len: 64, max: 63 })
         );
         for bad in ["../../etc", "a/b", "..", "Vc", "vc_1", "vc\0", "vç"] {
-            assert!(validate_dns1123_label(bad).is_err(), "{bad:?} must be refused");
+            assert!(
+                validate_dns1123_label(bad).is_err(),
+                "{bad:?} must be refused"
+            );
         }
         assert_eq!(validate_dns1123_label("-vc"), Err(NameError::BadEdge));
         assert_eq!(validate_dns1123_label("vc-"), Err(NameError::BadEdge));
+    }
+
+    #[test]
+    fn dns1123_subdomains() {
+        for ok in ["node-1", "ip-10-0-0-1.eu-west-1.compute.internal"] {
+            assert_eq!(validate_dns1123_subdomain(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "node/1",
+            "../etc",
+            "Node",
+            &"a.".repeat(130),
+        ] {
+            assert!(validate_dns1123_subdomain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            validate_dns1123_subdomain("ab.c_d"),
+            Err(NameError::BadCharacter { at: 4 })
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub struct AddrError {
 
 /// Parses `:PORT` (all interfaces), `IP:PORT` or `[IPv6]:PORT`.
 pub fn parse_listen_addr(input: &str) -> Result<SocketAddr, AddrError> {
-    let err = || AddrError { input: input.to_owned() };
+    let err = || AddrError {
+        input: input.to_owned(),
+    };
     let candidate = match input.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
         None => input.to_owned(),
@@ -26,9 +28,18 @@ mod tests {
 
     #[test]
     fn go_style_addresses() {
-        assert_eq!(parse_listen_addr(":9090").unwrap().to_string(), "0.0.0.0:9090");
-        assert_eq!(parse_listen_addr("127.0.0.1:8080").unwrap().to_string(), "127.0.0.1:8080");
-        assert_eq!(parse_listen_addr("[::1]:8081").unwrap().to_string(), "[::1]:8081");
+        assert_eq!(
+            parse_listen_addr(":9090").unwrap().to_string(),
+            "0.0.0.0:9090"
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:8081").unwrap().to_string(),
+            "[::1]:8081"
+        );
         for bad in ["", ":", "9090", ":http", "localhost:80", ":99999"] {
             assert!(parse_listen_addr(bad).is_err(), "{bad:?}");
         }

@@ -30,7 +30,10 @@ impl Readiness {
     /// Registers a check named `name` (shown by `/readyz?verbose`), initially not ready.
     pub fn register(&self, name: &'static str) -> ReadyFlag {
         lock(&self.checks).insert(name, false);
-        ReadyFlag { name, checks: self.checks.clone() }
+        ReadyFlag {
+            name,
+            checks: self.checks.clone(),
+        }
     }
 
     /// True when every registered check is ready.
@@ -41,7 +44,13 @@ impl Readiness {
     fn report(&self) -> String {
         lock(&self.checks)
             .iter()
-            .map(|(name, ready)| format!("[{}]{name} {}\n", if *ready { '+' } else { '-' }, if *ready { "ok" } else { "not ready" }))
+            .map(|(name, ready)| {
+                format!(
+                    "[{}]{name} {}\n",
+                    if *ready { '+' } else { '-' },
+                    if *ready { "ok" } else { "not ready" }
+                )
+            })
             .collect()
     }
 }
@@ -56,6 +65,33 @@ impl ReadyFlag {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the map inconsistent (single inserts).
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Labels of `fleetmirror_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BuildLabels {
+    component: &'static str,
+    version: &'static str,
+}
+
+/// Registers `fleetmirror_build_info{component, version} 1`.
+pub fn register_build_info(
+    registry: &mut Registry,
+    component: &'static str,
+    version: &'static str,
+) {
+    let family = prometheus_client::metrics::family::Family::<
+        BuildLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >::default();
+    family
+        .get_or_create(&BuildLabels { component, version })
+        .set(1);
+    registry.register(
+        "fleetmirror_build_info",
+        "Build information; always 1",
+        family,
+    );
 }
 
 #[derive(Clone)]
@@ -73,13 +109,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server listening (/metrics, /livez, /readyz)");
-    let state = AdminState { registry: Arc::new(registry), readiness };
+    let state = AdminState {
+        registry: Arc::new(registry),
+        readiness,
+    };
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -87,7 +128,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(error) => (
@@ -103,9 +147,17 @@ async fn readyz(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> impl IntoResponse {
     let ready = state.readiness.is_ready();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if query.contains_key("verbose") || !ready {
-        let verdict = if ready { "readyz check passed" } else { "readyz check failed" };
+        let verdict = if ready {
+            "readyz check passed"
+        } else {
+            "readyz check failed"
+        };
         (code, format!("{}{verdict}\n", state.readiness.report()))
     } else {
         (code, "ok".to_owned())

@@ -8,7 +8,10 @@ use std::path::Path;
 pub enum ClientError {
     /// The kubeconfig file could not be read or parsed.
     #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
     /// Neither KUBECONFIG nor an in-cluster ServiceAccount is available.
     #[error("no Kubernetes credentials (pass --kubeconfig, set KUBECONFIG, or run in a pod): {0}")]
     Infer(#[from] kube::config::InferConfigError),
@@ -22,7 +25,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                ClientError::Kubeconfig { path: path.display().to_string(), source }
+                ClientError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# fleetmirror's main job on an embedded default, on this machine:
+#   * a local control plane (etcd + kube-apiserver, scripts/control-plane.sh),
+#   * the CRDs and the sample fleet (fleet.yaml, examples/sample-fleet.yaml: two vClusters),
+#   * fleetmirror-aggregator (gRPC :9090, admin :8080, leader election on),
+#   * fleetmirror-agent for node "demo-node", in a private mount namespace with a temporary
+#     kubelet root holding the sample pods' directories, reporting to the aggregator.
+# It prints what it started and how to look at it, then runs until Ctrl-C.
+#
+#   scripts/demo.sh           run until Ctrl-C
+#   scripts/demo.sh --check   start everything, check what the demo promises, stop (used by tests)
+#
+# Environment: FLEETMIRROR_DEMO_DIR (default /tmp/fleetmirror-demo) holds the control plane,
+# the temporary node directories and the logs; FLEETMIRROR_DEMO_GRPC_PORT / _ADMIN_PORT /
+# _AGENT_ADMIN_PORT override 9090 / 8080 / 8081; FLEETMIRROR_BIN_DIR uses prebuilt binaries.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+check=0
+case "${1:-}" in
+  "") ;;
+  --check) check=1 ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+DIR=${FLEETMIRROR_DEMO_DIR:-/tmp/fleetmirror-demo}
+GRPC_PORT=${FLEETMIRROR_DEMO_GRPC_PORT:-9090}
+ADMIN_PORT=${FLEETMIRROR_DEMO_ADMIN_PORT:-8080}
+AGENT_ADMIN_PORT=${FLEETMIRROR_DEMO_AGENT_ADMIN_PORT:-8081}
+NODE=demo-node
+step() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "the agent bind-mounts (CAP_SYS_ADMIN): run as root"
+command -v cargo >/dev/null || die "cargo not found; install a Rust toolchain first"
+for port in "$GRPC_PORT" "$ADMIN_PORT" "$AGENT_ADMIN_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "port $port is in use (is a demo already running? set FLEETMIRROR_DEMO_*_PORT to move it)"
+  fi
+done
+
+step "tools (grpcurl, helm, kubernetes-validate)"
+TOOLS=$(scripts/install-tools.sh)
+export PATH=$TOOLS:$PATH
+
+step "control plane (the first run builds kube-apiserver: about 5-10 minutes)"
+export FLEETMIRROR_CP_DIR=$DIR/control-plane
+KUBECONFIG=$(scripts/control-plane.sh up --clusters 1 | tail -n1)
+export KUBECONFIG
+
+if [ -n "${FLEETMIRROR_BIN_DIR:-}" ]; then
+  BIN=$FLEETMIRROR_BIN_DIR   # prebuilt binaries (the test suite, which already built them)
+else
+  step "building fleetmirror"
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fleetmirror/target}
+  cargo build --locked --bin fleetmirror-aggregator --bin fleetmirror-agent
+  BIN=$CARGO_TARGET_DIR/debug
+fi
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/control-plane.sh down >/dev/null 2>&1 || true
+  # The agent's mounts lived in its own mount namespace: they are gone with it.
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "CRDs, sample fleet and two vClusters' host footprint"
+kubectl apply --server-side --field-manager=fleetmirror-demo -f deploy/crds/ >/dev/null
+kubectl wait --for=condition=Established crd/vclusterhealths.fleetmirror.io --timeout=60s >/dev/null
+kubectl create namespace fleetmirror-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -f examples/sample-fleet.yaml >/dev/null
+kubectl apply -f fleet.yaml >/dev/null
+# No kubelet here: set pod status through the status subresource, as a kubelet would.
+set_status() { # namespace pod ready
+  kubectl -n "$1" patch pod "$2" --subresource=status --type=merge \
+    -p "{\"status\":{\"phase\":\"Running\",\"conditions\":[{\"type\":\"Ready\",\"status\":\"$3\"}]}}" >/dev/null
+}
+set_status team-alpha alpha-0 True
+set_status team-alpha coredns-7d6b9c5f4-q8x2m-x-kube-system-x-alpha True
+set_status team-alpha web-0-x-default-x-alpha True
+set_status team-beta beta-6b8f9d7c5-k2j4n False
+set_status team-beta coredns-5c9f7b8d6-w7p3z-x-kube-system-x-beta True
+
+step "a temporary node: kubelet pod directories for every pod on $NODE"
+KUBELET_ROOT=$DIR/node/var/lib/kubelet
+LOFT_ROOT=$DIR/node/var/lib/loft
+HOSTPATH_ROOT=$DIR/node/tmp/vcluster
+mkdir -p "$KUBELET_ROOT/pods" "$LOFT_ROOT" "$HOSTPATH_ROOT"
+while read -r uid name; do
+  mkdir -p "$KUBELET_ROOT/pods/$uid/volumes" "$KUBELET_ROOT/pods/$uid/containers"
+  echo "pod $name" >"$KUBELET_ROOT/pods/$uid/etc-hosts"
+done < <(kubectl get pods -A --field-selector "spec.nodeName=$NODE" -o jsonpath='{range .items[*]}{.metadata.uid} {.metadata.name}{"\n"}{end}')
+
+step "starting fleetmirror-aggregator"
+mkdir -p "$DIR/logs"
+"$BIN/fleetmirror-aggregator" --kubeconfig "$KUBECONFIG" --namespace fleetmirror-system \
+  --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
+  >"$DIR/logs/aggregator.log" 2>&1 &
+pids+=($!)
+
+step "starting fleetmirror-agent (private mount namespace)"
+unshare -m --propagation private "$BIN/fleetmirror-agent" --node-name "$NODE" --kubeconfig "$KUBECONFIG" \
+  --kubelet-root "$KUBELET_ROOT" --loft-root "$LOFT_ROOT" --vcluster-hostpath-root "$HOSTPATH_ROOT" \
+  --mount-layout loft,vcluster-hostpath --token-path "$DIR/no-token" \
+  --aggregator-addr "http://127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$AGENT_ADMIN_PORT" \
+  >"$DIR/logs/agent.log" 2>&1 &
+pids+=($!)
+
+wait_for() { # description command...
+  local what=$1; shift
+  for _ in $(seq 1 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { tail -n 20 "$DIR"/logs/*.log >&2; die "a fleetmirror process exited"; }; done
+    sleep 0.2
+  done
+  tail -n 20 "$DIR"/logs/*.log >&2
+  die "timed out waiting for $what"
+}
+wait_for "aggregator /readyz" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
+wait_for "agent /readyz" curl -sf "http://127.0.0.1:$AGENT_ADMIN_PORT/readyz"
+node_reported() {
+  local out
+  out=$(grpcurl -plaintext -d "{\"name\":\"$NODE\"}" "127.0.0.1:$GRPC_PORT" fleetmirror.v1.Diagnostics/GetNode) || return 1
+  [[ $out == *'"connected": true'* ]]
+}
+wait_for "the agent's first report" node_reported
+
+A=127.0.0.1:$GRPC_PORT
+cat <<EOF
+
+fleetmirror demo is running.
+  control plane   export KUBECONFIG=$KUBECONFIG
+  aggregator      gRPC 127.0.0.1:$GRPC_PORT, admin http://127.0.0.1:$ADMIN_PORT  (log: $DIR/logs/aggregator.log)
+  agent           node $NODE, admin http://127.0.0.1:$AGENT_ADMIN_PORT, kubelet root $KUBELET_ROOT  (log: $DIR/logs/agent.log)
+  tools           export PATH=$TOOLS:\$PATH   (grpcurl, helm)
+
+Services the aggregator serves (server reflection, no .proto files):
+$(grpcurl -plaintext "$A" list | sed 's/^/  /')
+
+Nodes reporting (grpcurl -plaintext -d '{}' $A fleetmirror.v1.Diagnostics/ListNodes):
+$(grpcurl -plaintext -d '{}' "$A" fleetmirror.v1.Diagnostics/ListNodes | sed 's/^/  /')
+
+Try:
+  kubectl get vclusterhealth -A
+  kubectl get pods -A -o wide
+  grpcurl -plaintext $A list fleetmirror.v1.Diagnostics
+  grpcurl -plaintext -d '{}' $A fleetmirror.v1.Diagnostics/ListVClusters
+  grpcurl -plaintext -d '{"name":"$NODE"}' $A fleetmirror.v1.Diagnostics/GetNode
+  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ^fleetmirror_
+  kubectl get lease -n fleetmirror-system fleetmirror-aggregator
+EOF
+
+if [ "$check" = 1 ]; then
+  services=$(grpcurl -plaintext "$A" list)
+  grep -qx fleetmirror.v1.Diagnostics <<<"$services" || die "reflection does not list fleetmirror.v1.Diagnostics"
+  holder=$(kubectl get lease -n fleetmirror-system fleetmirror-aggregator -o jsonpath='{.spec.holderIdentity}')
+  [ -n "$holder" ] || die "no aggregator holds the Lease"
+  kubectl get vclusterhealth -n default fleet >/dev/null || die "the sample fleet is missing"
+  echo "demo check: ok"
+  exit 0
+fi
+echo
+echo "Press Ctrl-C to stop (everything above is removed on exit)."
+wait
