@@ -1,0 +1,14 @@
+//! fleetmirror-agent: the privileged, node-local half of fleetmirror. It never writes to the
+//! Kubernetes API.
+//!
+//! * [`args`]: flags and mount layouts;
+//! * [`caps`]: keep CAP_SYS_ADMIN, drop every other capability before the runtime starts;
+//! * [`state`]: the node's reportable state and deltas between two states;
+//! * [`reporter`]: the reconnecting `AgentService/Report` stream;
+//! * [`metrics`]: Prometheus metrics.
+
+pub mod args;
+pub mod caps;
+pub mod metrics;
+pub mod reporter;
+pub mod state;

@@ -1,0 +1,85 @@
+//! `fleetmirror-agent`: parses flags, checks and drops capabilities *before* the async
+//! runtime starts, then wires the parts and waits for the one shutdown signal.
+//!
+//! A graceful shutdown never unmounts: mounts outlive an agent rollout, and the next agent
+//! adopts them.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fleetmirror_agent::args::Args;
+use fleetmirror_agent::metrics::Metrics;
+use fleetmirror_agent::reporter::Reporter;
+use fleetmirror_agent::state::NodeState;
+use fleetmirror_runtime::{addr::parse_listen_addr, admin, logging, shutdown};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init(args.common.log_format);
+    if let Err(e) = args.validate() {
+        bail!(e);
+    }
+    let admin_addr = parse_listen_addr(&args.admin_addr).context("--admin-addr")?;
+    let dropped = fleetmirror_agent::caps::restrict()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %args.node_name,
+        layouts = ?args.mount_layout.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        aggregator = args.aggregator_addr.as_deref().unwrap_or("(none)"),
+        bounding_dropped = dropped,
+        "starting fleetmirror-agent with CAP_SYS_ADMIN only"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args, admin_addr))
+}
+
+async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let token = shutdown::CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = admin::Readiness::default();
+    // The node reconciler publishes the node's state here after every pass.
+    let (state_tx, state_rx) = tokio::sync::watch::channel(NodeState::default());
+    readiness.register("node-state").set(true);
+
+    let mut tasks: tokio::task::JoinSet<shutdown::TaskExit> = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let token = token.clone();
+        async move {
+            (
+                "admin server",
+                admin::serve(admin_addr, registry, readiness, token)
+                    .await
+                    .map_err(Into::into),
+            )
+        }
+    });
+    match args.aggregator_addr.clone() {
+        Some(addr) => {
+            let reporter = Reporter {
+                addr,
+                node_name: args.node_name.clone(),
+                token_path: args.token_path.clone(),
+                heartbeat: args.heartbeat_interval,
+                state: state_rx,
+                metrics: metrics.clone(),
+            };
+            let token = token.clone();
+            tasks.spawn(async move {
+                reporter.run(token).await;
+                ("reporter", Ok(()))
+            });
+        }
+        None => tracing::warn!("no --aggregator-addr: mounting only, reporting to no one"),
+    }
+
+    let result = shutdown::supervise(tasks, token).await;
+    drop(state_tx);
+    result?;
+    tracing::info!("stopped (mounts are left in place for the next agent)");
+    Ok(())
+}

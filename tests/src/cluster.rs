@@ -1,0 +1,139 @@
+//! Real control planes for tests, through `scripts/control-plane.sh` (the same script users
+//! run, so the harness and the README cannot disagree).
+//!
+//! [`ControlPlane::shared`] starts (or reuses) two independent clusters once per test process,
+//! in `FLEETMIRROR_CP_DIR` (default `/tmp/fleetmirror-cp`), and leaves them running for the
+//! next test binary; `scripts/test.sh` points it at a fresh directory and stops it at the end.
+//! Fault tests that stop an API server use [`ControlPlane::dedicated`], their own etcd and
+//! kube-apiserver, so they never disturb tests running in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+
+/// One running control plane (one etcd, one or more kube-apiservers).
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    kubeconfigs: Vec<PathBuf>,
+    owned: bool,
+}
+
+fn script() -> PathBuf {
+    crate::repo_root().join("scripts/control-plane.sh")
+}
+
+fn run_script(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .env("FLEETMIRROR_CP_DIR", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/control-plane.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/control-plane.sh {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("FLEETMIRROR_CP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp/fleetmirror-cp".into())
+}
+
+impl ControlPlane {
+    /// Two independent clusters (`0` and `1`), started once and shared by every test.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let dir = shared_dir();
+            let out = run_script(&dir, &["up", "--clusters", "2"]);
+            let kubeconfigs = out
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect();
+            ControlPlane {
+                dir,
+                kubeconfigs,
+                owned: false,
+            }
+        })
+    }
+
+    /// A control plane of its own (one cluster), stopped and removed on drop.
+    pub fn dedicated(name: &str) -> ControlPlane {
+        let dir = shared_dir().join(format!("dedicated-{name}-{}", crate::suffix()));
+        let out = run_script(&dir, &["up", "--clusters", "1"]);
+        let kubeconfigs = out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        ControlPlane {
+            dir,
+            kubeconfigs,
+            owned: true,
+        }
+    }
+
+    /// Cluster `i`'s kubeconfig file.
+    pub fn kubeconfig(&self, i: usize) -> &Path {
+        &self.kubeconfigs[i]
+    }
+
+    /// A client for cluster `i`, as the admin.
+    pub async fn client(&self, i: usize) -> kube::Client {
+        fleetmirror_runtime::kubeconfig::client(Some(self.kubeconfig(i)))
+            .await
+            .expect("client from kubeconfig")
+    }
+
+    /// Stops cluster `i`'s kube-apiserver (etcd keeps the data).
+    pub fn stop_apiserver(&self, i: usize) {
+        run_script(&self.dir, &["stop-apiserver", &i.to_string()]);
+    }
+
+    /// Starts cluster `i`'s kube-apiserver again, on the same port, and waits until it is ready.
+    pub fn start_apiserver(&self, i: usize) {
+        run_script(&self.dir, &["start-apiserver", &i.to_string()]);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = Command::new("bash")
+                .arg(script())
+                .arg("down")
+                .env("FLEETMIRROR_CP_DIR", &self.dir)
+                .output();
+        }
+    }
+}
+
+/// Creates a fresh namespace `<prefix>-<random>` and returns its name. (The local control
+/// plane has no namespace controller, so namespaces are never finalized; each test run starts
+/// from a fresh etcd under scripts/test.sh.)
+pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", crate::suffix());
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}

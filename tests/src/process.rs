@@ -1,0 +1,321 @@
+//! The real binaries as child processes: free loopback ports, logs captured to a file (printed
+//! when a test fails), SIGTERM for graceful stops, SIGKILL for crashes, and kill on drop so a
+//! failing test never leaves a process behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cluster::ControlPlane;
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind :0")
+        .port()
+}
+
+/// A child process whose output goes to a log file.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Process {
+    /// Starts `program` with `args`; stdout and stderr go to a temporary log file.
+    pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, String)]) -> Process {
+        let log =
+            std::env::temp_dir().join(format!("fleetmirror-test-{name}-{}.log", crate::suffix()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,fleetmirror=debug".into()),
+            )
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        Process {
+            name: name.into(),
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.exited.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.exited {
+            return Some(s);
+        }
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGTERM, then waits up to 15 s for a graceful exit (SIGKILL after that).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        match self.wait_exit(Duration::from_secs(15)) {
+            Some(s) => s,
+            None => panic!(
+                "{} did not exit within 15s of SIGTERM; log:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+
+    /// SIGKILL: a crash, nothing runs on the way out.
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.wait_exit(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} ({}) -----\n{}\n----- end of log -----",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port`; returns (status code, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A running `fleetmirror-aggregator`.
+#[derive(Debug)]
+pub struct Aggregator {
+    /// The process.
+    pub process: Process,
+    /// gRPC port on 127.0.0.1.
+    pub grpc_port: u16,
+    /// Admin port on 127.0.0.1.
+    pub admin_port: u16,
+    /// Its identity in the Lease.
+    pub identity: String,
+}
+
+/// How to start an aggregator.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// Namespace of its Lease and Events.
+    pub namespace: String,
+    /// Identity in the Lease.
+    pub identity: String,
+    /// gRPC port (a free one when `None`).
+    pub grpc_port: Option<u16>,
+    /// Further flags.
+    pub extra_args: Vec<String>,
+}
+
+impl AggregatorConfig {
+    /// Defaults for `namespace`: leader election on, with a short lease so failover tests are quick.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            identity: format!("aggregator-{}", crate::suffix()),
+            grpc_port: None,
+            extra_args: vec![
+                "--lease-duration=3s".into(),
+                "--lease-retry-interval=500ms".into(),
+            ],
+        }
+    }
+}
+
+impl Aggregator {
+    /// Starts an aggregator against cluster `cluster` of `cp` and waits for /readyz.
+    pub fn start(cp: &ControlPlane, cluster: usize, config: AggregatorConfig) -> Aggregator {
+        let grpc_port = config.grpc_port.unwrap_or_else(free_port);
+        let admin_port = free_port();
+        let mut args = vec![
+            format!("--kubeconfig={}", cp.kubeconfig(cluster).display()),
+            format!("--grpc-addr=127.0.0.1:{grpc_port}"),
+            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            format!("--namespace={}", config.namespace),
+            format!("--identity={}", config.identity),
+        ];
+        args.extend(config.extra_args);
+        let process = Process::spawn("aggregator", &binary("fleetmirror-aggregator"), &args, &[]);
+        let mut agg = Aggregator {
+            process,
+            grpc_port,
+            admin_port,
+            identity: config.identity,
+        };
+        agg.wait_ready();
+        agg
+    }
+
+    /// The gRPC URL, `http://127.0.0.1:<port>`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// The value of an unlabelled metric, if exported.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric(self.admin_port, name)
+    }
+
+    fn wait_ready(&mut self) {
+        wait_ready(&mut self.process, self.admin_port);
+    }
+}
+
+/// The value of the first sample line of metric `name` (name plus optional labels).
+pub fn metric(admin_port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(admin_port, "/metrics").ok()?;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_ready(process: &mut Process, admin_port: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if !process.is_running() {
+            panic!(
+                "{} exited before it was ready; log:\n{}",
+                process.name,
+                process.log()
+            );
+        }
+        if matches!(http_get(admin_port, "/readyz"), Ok((200, _))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{} not ready within 30s; log:\n{}",
+        process.name,
+        process.log()
+    );
+}
+
+/// A running `fleetmirror-agent`, in a private mount namespace of its own
+/// (`unshare -m --propagation private`), so nothing it mounts leaks onto the machine.
+#[derive(Debug)]
+pub struct Agent {
+    /// The process (`unshare` execs the agent, so this is the agent's pid).
+    pub process: Process,
+    /// Admin port on 127.0.0.1.
+    pub admin_port: u16,
+}
+
+impl Agent {
+    /// Starts an agent for `node` reporting to `aggregator_url` (if any) and waits for /readyz.
+    pub fn start(node: &str, aggregator_url: Option<&str>, extra_args: &[String]) -> Agent {
+        let admin_port = free_port();
+        let mut args = vec![
+            "-m".into(),
+            "--propagation".into(),
+            "private".into(),
+            binary("fleetmirror-agent").display().to_string(),
+            format!("--node-name={node}"),
+            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            "--heartbeat-interval=1s".into(),
+        ];
+        if let Some(url) = aggregator_url {
+            args.push(format!("--aggregator-addr={url}"));
+        }
+        args.extend(extra_args.iter().cloned());
+        let process = Process::spawn("agent", Path::new("/usr/bin/unshare"), &args, &[]);
+        let mut agent = Agent {
+            process,
+            admin_port,
+        };
+        wait_ready(&mut agent.process, admin_port);
+        agent
+    }
+
+    /// The value of an unlabelled metric, if exported.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric(self.admin_port, name)
+    }
+}

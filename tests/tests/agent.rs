@@ -1,0 +1,241 @@
+//! The agent binary against the aggregator binary: it reports its node, reconnects by itself
+//! after the aggregator restarts, keeps only CAP_SYS_ADMIN, and fails fast on bad startup
+//! input. Plus the Report protocol against the real aggregator, including hostile streams.
+
+use std::time::Duration;
+
+use fleetmirror_proto::v1::agent_service_client::AgentServiceClient;
+use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
+use fleetmirror_proto::v1::{
+    GetNodeRequest, ListNodesRequest, NodeDelta, NodeReport, NodeSnapshot, node_report::Body,
+};
+use fleetmirror_tests::cluster::{ControlPlane, namespace};
+use fleetmirror_tests::eventually;
+use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, Process, binary};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn node_connected(url: &str, node: &str) -> Option<()> {
+    let mut diag = DiagnosticsClient::connect(url.to_owned()).await.ok()?;
+    let nodes = diag
+        .list_nodes(ListNodesRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .nodes;
+    nodes
+        .iter()
+        .any(|n| n.name == node && n.connected && !n.stale)
+        .then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "agent").await;
+    let mut config = AggregatorConfig::new(&ns);
+    let mut agg = Aggregator::start(cp, 0, config.clone());
+    let node = format!("node-{}", fleetmirror_tests::suffix());
+    let agent = Agent::start(&node, Some(&agg.grpc_url()), &[]);
+
+    let url = agg.grpc_url();
+    eventually(WAIT, "the node appears in ListNodes", || {
+        node_connected(&url, &node)
+    })
+    .await;
+    let mut diag = DiagnosticsClient::connect(agg.grpc_url()).await.unwrap();
+    let detail = diag
+        .get_node(GetNodeRequest { name: node.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let summary = detail.summary.unwrap();
+    assert_eq!(summary.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(summary.last_report.is_some());
+
+    // The aggregator crashes and comes back on the same port: the agent reconnects by itself
+    // and sends a fresh snapshot to the new process, which knew nothing of the node.
+    agg.process.kill();
+    config.grpc_port = Some(agg.grpc_port);
+    let agg = Aggregator::start(cp, 0, config);
+    let url = agg.grpc_url();
+    eventually(
+        WAIT,
+        "the node reappears after the aggregator restart",
+        || node_connected(&url, &node),
+    )
+    .await;
+    assert!(
+        agent
+            .metric("fleetmirror_agent_report_reconnects_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(
+        agent.metric("fleetmirror_agent_report_connected"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_keeps_only_cap_sys_admin() {
+    let agent = Agent::start(&format!("node-{}", fleetmirror_tests::suffix()), None, &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.process.pid())).unwrap();
+    let caps = |key: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} in status"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    assert_eq!(caps("CapEff:"), CAP_SYS_ADMIN, "effective set");
+    assert_eq!(caps("CapPrm:"), CAP_SYS_ADMIN, "permitted set");
+    assert_eq!(caps("CapInh:"), 0, "inheritable set");
+    assert_eq!(caps("CapBnd:"), CAP_SYS_ADMIN, "bounding set");
+}
+
+fn run_to_exit(args: &[&str], via_setpriv_without_sys_admin: bool) -> (bool, String) {
+    let agent = binary("fleetmirror-agent");
+    let mut p = if via_setpriv_without_sys_admin {
+        let mut all = vec![
+            "--bounding-set=-sys_admin".to_owned(),
+            "--inh-caps=-all".into(),
+            agent.display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Process::spawn(
+            "agent-setpriv",
+            std::path::Path::new("/usr/bin/setpriv"),
+            &all,
+            &[],
+        )
+    } else {
+        Process::spawn(
+            "agent-bad-args",
+            &agent,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            &[],
+        )
+    };
+    let status = p
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("agent {args:?} did not exit; log:\n{}", p.log()));
+    (status.success(), p.log())
+}
+
+#[test]
+fn agent_fails_fast_with_a_clear_message() {
+    let (ok, log) = run_to_exit(&[], false);
+    assert!(
+        !ok && log.contains("--node-name"),
+        "missing node name: {log}"
+    );
+    for bad in ["", "../../etc", "Node_1"] {
+        let (ok, log) = run_to_exit(&["--node-name", bad], false);
+        assert!(
+            !ok && log.contains("--node-name"),
+            "node name {bad:?}: {log}"
+        );
+    }
+    let (ok, log) = run_to_exit(&["--node-name", "n1", "--mount-layout", "symlinks"], false);
+    assert!(!ok && log.contains("mount-layout"), "bad layout: {log}");
+    let (ok, log) = run_to_exit(&["--node-name", "n1", "--admin-addr", "127.0.0.1:0"], true);
+    assert!(
+        !ok && log.contains("CAP_SYS_ADMIN is missing"),
+        "without CAP_SYS_ADMIN: {log}"
+    );
+}
+
+fn snapshot(node: &str, seq: u64) -> NodeReport {
+    NodeReport {
+        node_name: node.into(),
+        agent_version: "test".into(),
+        sequence: seq,
+        body: Some(Body::Snapshot(NodeSnapshot::default())),
+    }
+}
+
+fn delta(node: &str, seq: u64) -> NodeReport {
+    NodeReport {
+        node_name: node.into(),
+        agent_version: "test".into(),
+        sequence: seq,
+        body: Some(Body::Delta(NodeDelta::default())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "protocol").await;
+    let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let url = agg.grpc_url();
+    eventually(WAIT, "leadership", || async {
+        (agg.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+
+    // A delta before any snapshot, then a gap: both answered with resync_required.
+    let mut c = AgentServiceClient::connect(url.clone()).await.unwrap();
+    let msgs = vec![
+        delta("n-proto", 1),
+        snapshot("n-proto", 1),
+        delta("n-proto", 2),
+        delta("n-proto", 5),
+    ];
+    let acks: Vec<_> = c
+        .report(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    let flags: Vec<bool> = acks
+        .iter()
+        .map(|a| a.as_ref().expect("ack").resync_required)
+        .collect();
+    assert_eq!(flags, [true, false, false, true]);
+
+    // One stream may not report for two nodes: INVALID_ARGUMENT, and the stream ends.
+    let msgs = vec![snapshot("n-one", 1), snapshot("n-two", 2)];
+    let mut acks = c
+        .report(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!acks.next().await.unwrap().unwrap().resync_required);
+    assert_eq!(
+        acks.next().await.unwrap().unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // Hostile content: an empty node name, an oversized one.
+    for bad in [snapshot("", 1), snapshot(&"x".repeat(1000), 1)] {
+        let mut acks = c
+            .report(tokio_stream::iter(vec![bad]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            acks.next().await.unwrap().unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+    let mut diag = DiagnosticsClient::connect(url).await.unwrap();
+    let names: Vec<String> = diag
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["n-one", "n-proto"], "nothing hostile was recorded");
+    assert!(agg.metric("fleetmirror_aggregator_resyncs_total").unwrap() >= 2.0);
+}

@@ -1,0 +1,359 @@
+//! The aggregator binary against a real control plane: gRPC reflection (tonic's client and
+//! grpcurl), health, Diagnostics status codes, metrics, and Lease leader election with
+//! failover.
+
+use std::time::Duration;
+
+use fleetmirror_proto::v1::agent_service_client::AgentServiceClient;
+use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
+use fleetmirror_proto::v1::{GetNodeRequest, GetVClusterRequest, ListVClustersRequest, NodeReport};
+use fleetmirror_tests::cluster::{ControlPlane, namespace};
+use fleetmirror_tests::eventually;
+use fleetmirror_tests::process::{Aggregator, AggregatorConfig, http_get};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("fleetmirror-aggregator")
+        .await
+        .ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+async fn reflection_services_v1(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(fleetmirror_tests::channel(url).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    match resp
+        .next()
+        .await
+        .expect("a response")
+        .expect("ok")
+        .message_response
+    {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+async fn reflection_services_v1alpha(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(fleetmirror_tests::channel(url).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    match resp
+        .next()
+        .await
+        .expect("a response")
+        .expect("ok")
+        .message_response
+    {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+fn grpcurl(args: &[&str]) -> (bool, String) {
+    let bin = fleetmirror_tests::tools_bin().join("grpcurl");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (install it with scripts/install-tools.sh): {e}",
+                bin.display()
+            )
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+const SERVICES: [&str; 3] = [
+    "fleetmirror.v1.AgentService",
+    "fleetmirror.v1.Diagnostics",
+    "grpc.health.v1.Health",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_reflection_health_diagnostics_metrics_and_holds_the_lease() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "agg").await;
+    let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let url = agg.grpc_url();
+
+    // Reflection v1 and v1alpha, through tonic's reflection client.
+    for services in [
+        reflection_services_v1(&url).await,
+        reflection_services_v1alpha(&url).await,
+    ] {
+        for want in SERVICES {
+            assert!(
+                services.iter().any(|s| s == want),
+                "{want} missing from {services:?}"
+            );
+        }
+    }
+
+    // The same through grpcurl, with no .proto files.
+    let target = format!("127.0.0.1:{}", agg.grpc_port);
+    let (ok, out) = grpcurl(&["-plaintext", &target, "list"]);
+    assert!(ok, "grpcurl list failed: {out}");
+    for want in SERVICES {
+        assert!(
+            out.lines().any(|l| l.trim() == want),
+            "grpcurl list lacks {want}:\n{out}"
+        );
+    }
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &target,
+        "fleetmirror.v1.Diagnostics/ListVClusters",
+    ]);
+    assert!(ok, "grpcurl ListVClusters failed: {out}");
+    let (ok, out) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"nowhere","name":"nothing"}"#,
+        &target,
+        "fleetmirror.v1.Diagnostics/GetVCluster",
+    ]);
+    assert!(
+        !ok && out.contains("NotFound"),
+        "grpcurl GetVCluster of an unknown vCluster: {out}"
+    );
+
+    // Health.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(fleetmirror_tests::channel(&url).await);
+    for service in [
+        "",
+        "fleetmirror.v1.Diagnostics",
+        "fleetmirror.v1.AgentService",
+    ] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("health check of {service:?}: {s}"));
+        assert_eq!(
+            resp.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+    }
+
+    // Diagnostics status codes.
+    let mut diag = DiagnosticsClient::connect(url.clone()).await.unwrap();
+    let err = diag
+        .get_v_cluster(GetVClusterRequest {
+            namespace: ns.clone(),
+            name: "no-such-vc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    for (namespace, name) in [
+        ("", "vc"),
+        (ns.as_str(), ""),
+        ("../etc", "vc"),
+        (ns.as_str(), "Bad_Name"),
+        (ns.as_str(), &"x".repeat(300)),
+    ] {
+        let err = diag
+            .get_v_cluster(GetVClusterRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "({namespace:?}, {name:?}): {err}"
+        );
+    }
+    let err = diag
+        .list_v_clusters(ListVClustersRequest {
+            namespace: "Not/A/Namespace".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        diag.get_node(GetNodeRequest {
+            name: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        diag.get_node(GetNodeRequest {
+            name: "no-such-node".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+
+    // Admin endpoints.
+    assert_eq!(
+        http_get(agg.admin_port, "/livez").unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(http_get(agg.admin_port, "/readyz").unwrap().0, 200);
+    let (code, metrics) = http_get(agg.admin_port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let samples: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert!(!samples.is_empty());
+    for line in &samples {
+        assert!(
+            line.starts_with("fleetmirror_"),
+            "metric without the fleetmirror_ prefix: {line}"
+        );
+    }
+
+    // The Lease is held by this aggregator, and its gauge says so.
+    let holder = eventually(WAIT, "the aggregator holds the Lease", || async {
+        lease_holder(&client, &ns).await
+    })
+    .await;
+    assert_eq!(holder, agg.identity);
+    eventually(WAIT, "leader gauge is 1", || async {
+        (agg.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_two_aggregators_leads_and_the_standby_takes_over_when_it_dies() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "election").await;
+    let a = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let b = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let mut aggs = [a, b];
+
+    let holder = eventually(WAIT, "one aggregator holds the Lease", || async {
+        lease_holder(&client, &ns).await
+    })
+    .await;
+    let leader = aggs
+        .iter()
+        .position(|a| a.identity == holder)
+        .expect("holder is one of ours");
+    let standby = 1 - leader;
+    eventually(WAIT, "exactly one leader gauge is 1", || async {
+        let l = aggs[leader].metric("fleetmirror_aggregator_leader");
+        let s = aggs[standby].metric("fleetmirror_aggregator_leader");
+        (l == Some(1.0) && s == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // A standby refuses agent streams, so agents end up at the leader.
+    let mut agent = AgentServiceClient::connect(aggs[standby].grpc_url())
+        .await
+        .unwrap();
+    let err = agent
+        .report(tokio_stream::iter(Vec::<NodeReport>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    // The leader crashes (no release): the standby takes over once the Lease expires.
+    aggs[leader].process.kill();
+    let new_holder = eventually(WAIT, "the standby takes the Lease", || async {
+        lease_holder(&client, &ns)
+            .await
+            .filter(|h| *h == aggs[standby].identity)
+    })
+    .await;
+    assert_eq!(new_holder, aggs[standby].identity);
+    eventually(WAIT, "the new leader's gauge is 1", || async {
+        (aggs[standby].metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_stops_gracefully_hands_over_without_waiting_for_expiry() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "handover").await;
+    // A Lease far longer than the test's patience: only a release lets the standby in.
+    let long = |ns: &str| {
+        let mut c = AggregatorConfig::new(ns);
+        c.extra_args = vec![
+            "--lease-duration=300s".into(),
+            "--lease-retry-interval=500ms".into(),
+        ];
+        c
+    };
+    let mut first = Aggregator::start(cp, 0, long(&ns));
+    eventually(WAIT, "the first aggregator leads", || async {
+        lease_holder(&client, &ns)
+            .await
+            .filter(|h| *h == first.identity)
+    })
+    .await;
+    let second = Aggregator::start(cp, 0, long(&ns));
+    assert!(
+        first.process.terminate().success(),
+        "graceful exit: {}",
+        first.process.log()
+    );
+    eventually(
+        WAIT,
+        "the second aggregator leads after the release",
+        || async {
+            lease_holder(&client, &ns)
+                .await
+                .filter(|h| *h == second.identity)
+        },
+    )
+    .await;
+}

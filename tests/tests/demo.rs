@@ -1,0 +1,46 @@
+//! The README's first command works: `scripts/demo.sh --check` starts a control plane, the
+//! sample fleet, the aggregator and the agent, checks what the demo promises, and cleans up.
+
+use std::process::Command;
+
+use fleetmirror_tests::process::{binary, free_port};
+use fleetmirror_tests::repo_root;
+
+#[test]
+fn demo_starts_everything_and_shows_it() {
+    let bin_dir = binary("fleetmirror-aggregator")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = std::env::temp_dir().join(format!(
+        "fleetmirror-demo-test-{}",
+        fleetmirror_tests::suffix()
+    ));
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/demo.sh"))
+        .arg("--check")
+        .env("FLEETMIRROR_DEMO_DIR", &dir)
+        .env("FLEETMIRROR_BIN_DIR", &bin_dir)
+        .env("FLEETMIRROR_DEMO_GRPC_PORT", free_port().to_string())
+        .env("FLEETMIRROR_DEMO_ADMIN_PORT", free_port().to_string())
+        .env("FLEETMIRROR_DEMO_AGENT_ADMIN_PORT", free_port().to_string())
+        .output()
+        .expect("running scripts/demo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scripts/demo.sh --check failed:\n{log}"
+    );
+    assert!(stdout.contains("fleetmirror demo is running."), "{log}");
+    assert!(
+        stdout.contains("fleetmirror.v1.Diagnostics"),
+        "reflection listing missing:\n{log}"
+    );
+    assert!(
+        stdout.contains("\"name\": \"demo-node\""),
+        "the agent's node is not listed:\n{log}"
+    );
+    assert!(stdout.contains("demo check: ok"), "{log}");
+    assert!(!dir.exists(), "the demo cleans up after itself");
+}

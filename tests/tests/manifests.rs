@@ -1,0 +1,262 @@
+//! The committed manifests stay in sync with the code:
+//!
+//! * the CRD YAML under `deploy/crds/` and `charts/fleetmirror/crds/` is what the Rust types
+//!   generate (`FLEETMIRROR_BLESS=1` rewrites it, then re-render with scripts/render-manifests.sh);
+//! * `scripts/render-manifests.sh --check`: `helm lint --strict`, `helm template` equals
+//!   `deploy/install.yaml`, and every rendering passes `kubernetes-validate --strict`;
+//! * every `FLEETMIRROR_*` variable the manifests set is a flag of the binary they run, and the
+//!   ports and probes point at the binaries' defaults;
+//! * the CRDs and the whole of install.yaml apply to the real API server, and
+//!   `kubectl get vclusterhealth` prints the columns of health.md.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use clap::CommandFactory;
+use fleetmirror_tests::cluster::ControlPlane;
+use fleetmirror_tests::repo_root;
+
+const CRD_HEADER: &str = "# Generated from aggregator/src/crd.rs: do not edit.\n\
+# Regenerate: FLEETMIRROR_BLESS=1 cargo test -p fleetmirror-tests --test manifests, then scripts/render-manifests.sh\n";
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let bless = std::env::var_os("FLEETMIRROR_BLESS").is_some();
+    for crd in fleetmirror_aggregator::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let yaml = format!("{CRD_HEADER}{}", serde_yaml::to_string(&crd).unwrap());
+        for dir in ["deploy/crds", "charts/fleetmirror/crds"] {
+            let path = repo_root().join(dir).join(format!("{name}.yaml"));
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &yaml).unwrap();
+                continue;
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == yaml,
+                "{} drifted from the Rust types; run FLEETMIRROR_BLESS=1 cargo test -p fleetmirror-tests --test manifests && scripts/render-manifests.sh",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn chart_lints_renders_to_install_yaml_and_validates() {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/render-manifests.sh"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/render-manifests.sh --check failed:\n{log}"
+    );
+    assert!(log.contains("deploy/install.yaml is up to date"), "{log}");
+    assert!(
+        log.contains("kubernetes-validate --strict: default values ok"),
+        "{log}"
+    );
+}
+
+fn install_docs() -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(repo_root().join("deploy/install.yaml")).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{kind} {name} not in deploy/install.yaml"))
+}
+
+fn env_names(container: &serde_yaml::Value) -> BTreeSet<String> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn flag_envs(cmd: clap::Command) -> BTreeSet<String> {
+    cmd.get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn manifests_set_only_flags_the_binaries_have() {
+    let docs = install_docs();
+    for (kind, name, cmd) in [
+        (
+            "Deployment",
+            "fleetmirror-aggregator",
+            fleetmirror_aggregator::args::Args::command(),
+        ),
+        (
+            "DaemonSet",
+            "fleetmirror-agent",
+            fleetmirror_agent::args::Args::command(),
+        ),
+    ] {
+        let container = &find(&docs, kind, name)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["command"][0].as_str(),
+            Some(name),
+            "{name} runs its own binary"
+        );
+        let known = flag_envs(cmd);
+        for env in env_names(container) {
+            assert!(
+                known.contains(&env),
+                "{kind} {name} sets {env}, which {name} has no flag for"
+            );
+        }
+    }
+    let agent = &find(&docs, "DaemonSet", "fleetmirror-agent")["spec"]["template"]["spec"];
+    assert!(
+        env_names(&agent["containers"][0]).contains("FLEETMIRROR_NODE_NAME"),
+        "the agent needs its node name"
+    );
+    assert_eq!(
+        agent["containers"][0]["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        agent["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
+    let mounts = agent["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap();
+    let propagation = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(path))
+            .and_then(|m| m["mountPropagation"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        propagation("/var/lib/loft").as_deref(),
+        Some("Bidirectional"),
+        "agent mounts must reach the host"
+    );
+    assert_eq!(
+        propagation("/var/lib/kubelet/pods").as_deref(),
+        Some("HostToContainer"),
+        "kubelet's later mounts must reach the agent"
+    );
+
+    // Ports and probes match the binaries' defaults (:9090 / :8080 / :8081).
+    let agg = &find(&docs, "Deployment", "fleetmirror-aggregator")["spec"]["template"]["spec"]["containers"]
+        [0];
+    let ports: BTreeSet<i64> = agg["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([8080, 9090]));
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        assert_eq!(agg[probe]["httpGet"]["path"].as_str(), Some(path));
+        assert_eq!(
+            agent["containers"][0][probe]["httpGet"]["path"].as_str(),
+            Some(path)
+        );
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn crds_and_install_yaml_apply_to_the_real_api_server() {
+    let cp = ControlPlane::shared();
+    // Cluster 1: the other tests (and the aggregators they run) live in cluster 0.
+    let kc = cp.kubeconfig(1);
+    kubectl(
+        kc,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=fleetmirror-test",
+            "-f",
+            &repo_root().join("deploy/crds").display().to_string(),
+        ],
+    );
+    kubectl(
+        kc,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/vclusterhealths.fleetmirror.io",
+            "--timeout=30s",
+        ],
+    );
+
+    // install.yaml as a whole, except the PodDisruptionBudget: it is policy/v1, which this
+    // 1.20 API server predates (the chart renders policy/v1beta1 for such clusters).
+    let docs: Vec<String> = install_docs()
+        .into_iter()
+        .filter(|d| d["kind"].as_str() != Some("PodDisruptionBudget"))
+        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .collect();
+    let file = std::env::temp_dir().join(format!("install-{}.yaml", fleetmirror_tests::suffix()));
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    kubectl(
+        kc,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=fleetmirror-test",
+            "-f",
+            &file.display().to_string(),
+        ],
+    );
+    std::fs::remove_file(&file).ok();
+
+    let sample = repo_root().join("fleet.yaml");
+    kubectl(kc, &["apply", "-f", &sample.display().to_string()]);
+    let table = kubectl(kc, &["get", "vclusterhealth", "-n", "default"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TARGETNS",
+            "VCLUSTERS",
+            "FULL",
+            "PARTIAL",
+            "NONE",
+            "LOWESTSCORE",
+            "LASTUPDATED",
+            "AGE"
+        ]
+    );
+    assert!(table.contains("fleet"), "{table}");
+}
