@@ -1,0 +1,254 @@
+//! The agent's Linux kernel layer, for real, as root, each test in a private mount namespace of
+//! its own: the test binary re-executes itself under `unshare -m --propagation private` (a
+//! multithreaded process cannot unshare its mount namespace), and the outer test fails when
+//! the inner run fails, or when it cannot be started (no CAP_SYS_ADMIN): never a silent skip.
+//!
+//! Inside, a tmpfs holds a fake node: a kubelet root made an rshared mount (as kubelet makes
+//! it), pod directories, and the loft root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fleetmirror_agent::kernel::{Kernel, KernelError, LinuxKernel};
+use fleetmirror_core::mountinfo::MountTable;
+use fleetmirror_core::plan::Target;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+const INSIDE: &str = "FLEETMIRROR_IN_PRIVATE_MOUNT_NS";
+
+/// True inside the private namespace; outside, runs `test` there and asserts it passed.
+fn inside_private_mount_namespace(test: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        return true;
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("running unshare (util-linux)");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{test} failed in its private mount namespace (needs root / CAP_SYS_ADMIN):\n{log}"
+    );
+    assert!(
+        log.contains("1 passed"),
+        "{test} did not run inside the namespace:\n{log}"
+    );
+    false
+}
+
+const POD_UID: &str = "11111111-2222-4333-8444-555555555555";
+const VIRTUAL_UID: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+
+struct Node {
+    base: PathBuf,
+    kubelet: PathBuf,
+    loft: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let base = std::env::temp_dir().join(format!("fm-mounts-{}", fleetmirror_tests::suffix()));
+        std::fs::create_dir_all(&base).unwrap();
+        mount(
+            Some("tmpfs"),
+            &base,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let kubelet = base.join("kubelet");
+        std::fs::create_dir_all(kubelet.join("pods").join(POD_UID).join("volumes")).unwrap();
+        std::fs::write(
+            kubelet.join("pods").join(POD_UID).join("hello"),
+            "from the pod",
+        )
+        .unwrap();
+        // What kubelet does to its root: a bind of itself, made rshared.
+        mount(
+            Some(&kubelet),
+            &kubelet,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        mount(
+            None::<&str>,
+            &kubelet,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
+        let loft = base.join("loft");
+        std::fs::create_dir_all(&loft).unwrap();
+        Node {
+            base,
+            kubelet,
+            loft,
+        }
+    }
+
+    fn source(&self) -> Target {
+        Target {
+            root: self.kubelet.clone(),
+            components: vec!["pods".into(), POD_UID.into()],
+        }
+    }
+
+    fn target(&self, vc: &str) -> Target {
+        Target {
+            root: self.loft.clone(),
+            components: [vc, "kubelet", "pods", VIRTUAL_UID]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    fn table(&self) -> MountTable {
+        MountTable::parse(&LinuxKernel.mountinfo().unwrap())
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.table()
+            .entries()
+            .iter()
+            .map(|e| e.mount_point.clone())
+            .filter(|p| p.starts_with(dir))
+            .collect()
+    }
+}
+
+#[test]
+fn recursive_bind_shows_the_pod_and_later_volumes_one_way() {
+    if !inside_private_mount_namespace("recursive_bind_shows_the_pod_and_later_volumes_one_way") {
+        return;
+    }
+    let node = Node::new();
+    let k = LinuxKernel;
+    let (src, dst) = (node.source(), node.target("vc"));
+    k.bind(&src, &dst).unwrap();
+    let (s, t) = (src.path(), dst.path());
+    assert_eq!(
+        std::fs::read_to_string(t.join("hello")).unwrap(),
+        "from the pod"
+    );
+    assert!(
+        node.table().is_bind_of(&t, &s),
+        "mountinfo shows the target as a bind of the source"
+    );
+
+    // A volume kubelet mounts inside the pod directory *after* the bind appears in the target…
+    let vol = s.join("volumes/secret");
+    std::fs::create_dir_all(&vol).unwrap();
+    mount(
+        Some("tmpfs"),
+        &vol,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(vol.join("token"), "s3cret").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(t.join("volumes/secret/token")).unwrap(),
+        "s3cret",
+        "later volume visible through the target"
+    );
+    // …and vanishes from it when kubelet unmounts it.
+    umount2(&vol, MntFlags::empty()).unwrap();
+    assert!(
+        !t.join("volumes/secret/token").exists(),
+        "the unmounted volume is gone from the target too"
+    );
+
+    // Nothing mounted inside the copy propagates back into kubelet's tree.
+    let evil = t.join("volumes/evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    mount(
+        Some("tmpfs"),
+        &evil,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(evil.join("x"), "x").unwrap();
+    assert!(
+        !s.join("volumes/evil/x").exists(),
+        "a mount in the target must not reach the pod directory"
+    );
+    umount2(&evil, MntFlags::empty()).unwrap();
+
+    // Unmount: the target is gone (directory removed), the pod directory is untouched.
+    k.unmount(&dst).unwrap();
+    assert!(!t.exists(), "the empty target directory is removed");
+    assert!(node.mounts_under(&node.loft).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(s.join("hello")).unwrap(),
+        "from the pod"
+    );
+    let _ = node.base;
+}
+
+#[test]
+fn symlinks_under_our_roots_are_refused_never_followed() {
+    if !inside_private_mount_namespace("symlinks_under_our_roots_are_refused_never_followed") {
+        return;
+    }
+    let node = Node::new();
+    let k = LinuxKernel;
+    let elsewhere = node.base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+
+    // A symlink planted at a parent of the target.
+    std::os::unix::fs::symlink(&elsewhere, node.loft.join("evil")).unwrap();
+    let err = k.bind(&node.source(), &node.target("evil")).unwrap_err();
+    assert!(matches!(err, KernelError::Symlink { .. }), "{err}");
+    assert!(
+        std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "nothing created through the symlink"
+    );
+
+    // A symlink planted at the target directory itself.
+    let t = node.target("vc");
+    k.ensure_dir(&t.parent()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, t.path()).unwrap();
+    let err = k.bind(&node.source(), &t).unwrap_err();
+    assert!(matches!(err, KernelError::Symlink { .. }), "{err}");
+
+    // A pod directory that is a symlink (to /etc, say) is refused as a source.
+    let fake_uid = "99999999-2222-4333-8444-555555555555";
+    std::os::unix::fs::symlink("/etc", node.kubelet.join("pods").join(fake_uid)).unwrap();
+    let src = Target {
+        root: node.kubelet.clone(),
+        components: vec!["pods".into(), fake_uid.into()],
+    };
+    let err = k.bind(&src, &node.target("ok")).unwrap_err();
+    assert!(matches!(err, KernelError::Symlink { .. }), "{err}");
+
+    assert!(
+        node.mounts_under(&node.loft).is_empty(),
+        "no mount was made anywhere under the loft root"
+    );
+    assert!(node.mounts_under(&elsewhere).is_empty());
+    assert!(matches!(
+        k.bind(
+            &Target {
+                root: node.kubelet.clone(),
+                components: vec!["pods".into(), "gone".into()]
+            },
+            &node.target("vc2")
+        ),
+        Err(KernelError::Missing { .. })
+    ));
+}
