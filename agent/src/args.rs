@@ -29,6 +29,15 @@ impl Layout {
             Layout::VclusterHostpath => "vcluster-hostpath",
         }
     }
+
+    /// The planner's layout.
+    pub fn core(self) -> fleetmirror_core::plan::Layout {
+        match self {
+            Layout::Loft => fleetmirror_core::plan::Layout::Loft,
+            Layout::LoftFlat => fleetmirror_core::plan::Layout::LoftFlat,
+            Layout::VclusterHostpath => fleetmirror_core::plan::Layout::VclusterHostpath,
+        }
+    }
 }
 
 /// fleetmirror-agent: bind-mounts this node's vCluster pod directories under vCluster-scoped

@@ -7,10 +7,13 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetmirror_agent::args::Args;
+use fleetmirror_agent::kernel::LinuxKernel;
 use fleetmirror_agent::metrics::Metrics;
+use fleetmirror_agent::node::{NodeConfig, NodeReconciler};
 use fleetmirror_agent::reporter::Reporter;
 use fleetmirror_agent::state::NodeState;
-use fleetmirror_runtime::{addr::parse_listen_addr, admin, logging, shutdown};
+use fleetmirror_core::plan::Roots;
+use fleetmirror_runtime::{addr::parse_listen_addr, admin, kubeconfig, logging, shutdown};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -42,11 +45,33 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = admin::Readiness::default();
+    let client = kubeconfig::client(args.common.kubeconfig.as_deref()).await?;
     // The node reconciler publishes the node's state here after every pass.
     let (state_tx, state_rx) = tokio::sync::watch::channel(NodeState::default());
-    readiness.register("node-state").set(true);
+    let reconciler = NodeReconciler::new(
+        NodeConfig {
+            node_name: args.node_name.clone(),
+            roots: Roots {
+                kubelet: args.kubelet_root.clone(),
+                loft: args.loft_root.clone(),
+                vcluster_hostpath: args.vcluster_hostpath_root.clone(),
+            },
+            layouts: args.mount_layout.iter().map(|l| l.core()).collect(),
+            resync: args.resync_interval,
+        },
+        std::sync::Arc::new(LinuxKernel),
+        metrics.clone(),
+    );
 
     let mut tasks: tokio::task::JoinSet<shutdown::TaskExit> = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let (ready, token) = (readiness.register("node-reconciler"), token.clone());
+        async move {
+            let result =
+                fleetmirror_agent::node::run(client, reconciler, state_tx, ready, token).await;
+            ("node reconciler", result.map_err(Into::into))
+        }
+    });
     tasks.spawn({
         let token = token.clone();
         async move {
@@ -77,9 +102,7 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
         None => tracing::warn!("no --aggregator-addr: mounting only, reporting to no one"),
     }
 
-    let result = shutdown::supervise(tasks, token).await;
-    drop(state_tx);
-    result?;
+    shutdown::supervise(tasks, token).await?;
     tracing::info!("stopped (mounts are left in place for the next agent)");
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! * [`footprint`]: builders for a vCluster's host footprint (control plane StatefulSet or
 //!   Deployment and its pods with status set through the status subresource, API Service,
 //!   kube-dns Service, node Services, synced pods with the `vcluster.loft.sh/*` keys);
+//! * [`node`]: a fake node (temporary roots in a private mount namespace that outlives agents);
 //! * [`process`]: the binaries as child processes on free loopback ports, killed on drop, with
 //!   their logs kept for failure messages; [`eventually`] for polling.
 //!
@@ -17,6 +18,7 @@
 
 pub mod cluster;
 pub mod footprint;
+pub mod node;
 pub mod process;
 
 use std::future::Future;

@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cluster::ControlPlane;
+use crate::node::NodeSandbox;
 
 /// Path of a workspace binary, next to the test executable's `deps/` directory.
 pub fn binary(name: &str) -> PathBuf {
@@ -278,34 +279,44 @@ fn wait_ready(process: &mut Process, admin_port: u16) {
     );
 }
 
-/// A running `fleetmirror-agent`, in a private mount namespace of its own
-/// (`unshare -m --propagation private`), so nothing it mounts leaks onto the machine.
+/// A running `fleetmirror-agent`, inside a [`NodeSandbox`]'s mount namespace
+/// (`nsenter` execs the agent, so the process id is the agent's).
 #[derive(Debug)]
 pub struct Agent {
-    /// The process (`unshare` execs the agent, so this is the agent's pid).
+    /// The process.
     pub process: Process,
     /// Admin port on 127.0.0.1.
     pub admin_port: u16,
 }
 
 impl Agent {
-    /// Starts an agent for `node` reporting to `aggregator_url` (if any) and waits for /readyz.
-    pub fn start(node: &str, aggregator_url: Option<&str>, extra_args: &[String]) -> Agent {
+    /// Starts an agent on `node` against cluster `cluster` of `cp`, reporting to
+    /// `aggregator_url` (if any), and waits for /readyz (its first reconcile pass).
+    pub fn start(
+        cp: &ControlPlane,
+        cluster: usize,
+        node: &NodeSandbox,
+        aggregator_url: Option<&str>,
+        extra_args: &[String],
+    ) -> Agent {
         let admin_port = free_port();
         let mut args = vec![
+            "-t".into(),
+            node.pid().to_string(),
             "-m".into(),
-            "--propagation".into(),
-            "private".into(),
+            "--".into(),
             binary("fleetmirror-agent").display().to_string(),
-            format!("--node-name={node}"),
+            format!("--kubeconfig={}", cp.kubeconfig(cluster).display()),
             format!("--admin-addr=127.0.0.1:{admin_port}"),
             "--heartbeat-interval=1s".into(),
+            "--token-path=/nonexistent".into(),
         ];
+        args.extend(node.agent_args());
         if let Some(url) = aggregator_url {
             args.push(format!("--aggregator-addr={url}"));
         }
         args.extend(extra_args.iter().cloned());
-        let process = Process::spawn("agent", Path::new("/usr/bin/unshare"), &args, &[]);
+        let process = Process::spawn("agent", Path::new("/usr/bin/nsenter"), &args, &[]);
         let mut agent = Agent {
             process,
             admin_port,

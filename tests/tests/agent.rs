@@ -11,6 +11,7 @@ use fleetmirror_proto::v1::{
 };
 use fleetmirror_tests::cluster::{ControlPlane, namespace};
 use fleetmirror_tests::eventually;
+use fleetmirror_tests::node::NodeSandbox;
 use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, Process, binary};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -38,8 +39,9 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
     let ns = namespace(&client, "agent").await;
     let mut config = AggregatorConfig::new(&ns);
     let mut agg = Aggregator::start(cp, 0, config.clone());
-    let node = format!("node-{}", fleetmirror_tests::suffix());
-    let agent = Agent::start(&node, Some(&agg.grpc_url()), &[]);
+    let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    let node = sandbox.name.clone();
+    let agent = Agent::start(cp, 0, &sandbox, Some(&agg.grpc_url()), &[]);
 
     let url = agg.grpc_url();
     eventually(WAIT, "the node appears in ListNodes", || {
@@ -80,9 +82,10 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_keeps_only_cap_sys_admin() {
-    let agent = Agent::start(&format!("node-{}", fleetmirror_tests::suffix()), None, &[]);
+#[test]
+fn agent_keeps_only_cap_sys_admin() {
+    let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    let agent = Agent::start(ControlPlane::shared(), 0, &sandbox, None, &[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.process.pid())).unwrap();
     let caps = |key: &str| {
         let line = status

@@ -1,0 +1,655 @@
+//! The node reconciler: level-based, as agent.md asks.
+//!
+//! *Desired* state comes from a watch of this node's pods only (field selector
+//! `spec.nodeName=<node>`), a metadata-only watch of vCluster control-plane workloads
+//! (StatefulSets and Deployments labelled `app=vcluster`: the cross-tenant guard), and the
+//! entries of `<kubelet-root>/pods`. *Observed* state is one read of mountinfo per pass.
+//! Every pass is a full pass: [`fleetmirror_core::plan::plan`] diffs the two, the actions run
+//! through the [`Kernel`], and the resulting [`NodeState`] is published for the reporter.
+//!
+//! Events only trigger passes (coalesced): pod and workload watch events, inotify on the pods
+//! directory (an overflowed queue is just another trigger, since every pass is full), the
+//! end of a pod's retry backoff, and the periodic safety-net pass. Nothing else runs when
+//! nothing changes.
+//!
+//! A mount that fails is retried with per-pod exponential backoff (1 s doubling to 5 min);
+//! one failing pod never blocks the others. A graceful shutdown unmounts nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetmirror_core::mountinfo::MountTable;
+use fleetmirror_core::plan::{
+    self, Action, ControlPlane, Layout, NodePod, Phase, PlanInput, Roots, Target,
+};
+use fleetmirror_core::pod::{PodClass, PodMeta, classify};
+use fleetmirror_proto::v1::{MountPhase, MountState, PodState};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::kernel::{Kernel, KernelError};
+use crate::metrics::Metrics;
+use crate::state::NodeState;
+
+/// What the reconciler is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node.
+    pub node_name: String,
+    /// Roots of the kubelet and of our layouts.
+    pub roots: Roots,
+    /// Enabled layouts.
+    pub layouts: Vec<Layout>,
+    /// Interval of the safety-net pass.
+    pub resync: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+struct Retry {
+    delay: Duration,
+    next: Instant,
+    error: String,
+}
+
+/// One pass's inputs from the API.
+#[derive(Debug, Default, Clone)]
+pub struct ApiView {
+    /// Pods on this node.
+    pub pods: Vec<Arc<Pod>>,
+    /// vCluster name → its control planes.
+    pub control_planes: BTreeMap<String, BTreeSet<ControlPlane>>,
+}
+
+/// The reconciler's memory between passes: retries, and the last phase logged per mount.
+#[derive(Debug)]
+pub struct NodeReconciler<K: Kernel> {
+    config: NodeConfig,
+    kernel: Arc<K>,
+    metrics: Metrics,
+    retries: HashMap<String, Retry>,
+    logged: HashMap<(String, Layout), Phase>,
+}
+
+impl<K: Kernel> NodeReconciler<K> {
+    /// A reconciler acting through `kernel`.
+    pub fn new(config: NodeConfig, kernel: Arc<K>, metrics: Metrics) -> Self {
+        Self {
+            config,
+            kernel,
+            metrics,
+            retries: HashMap::new(),
+            logged: HashMap::new(),
+        }
+    }
+
+    /// One full pass. Returns the node's state and when the next retry is due, if any.
+    pub fn pass(&mut self, api: &ApiView) -> (NodeState, Option<Instant>) {
+        let started = Instant::now();
+        let mut errors = Vec::new();
+        let table = match self.kernel.mountinfo() {
+            Ok(text) => MountTable::parse(&text),
+            Err(e) => {
+                errors.push(format!("reading mountinfo: {e}"));
+                MountTable::default()
+            }
+        };
+        let pods_dir = self.config.roots.pods_dir();
+        let pod_dirs: BTreeSet<String> = match self.kernel.list_dir(&pods_dir) {
+            Ok(names) => names,
+            Err(e) => {
+                errors.push(format!("reading the kubelet pods directory: {e}"));
+                BTreeSet::new()
+            }
+        };
+        if let Some(m) = table.containing(&pods_dir)
+            && !m
+                .optional
+                .iter()
+                .any(|o| o.starts_with("shared:") || o.starts_with("master:"))
+            && !table.entries().is_empty()
+        {
+            errors.push(format!(
+                "{} is on a private mount: volumes kubelet mounts after a pod starts will not appear \
+                 in the copies (kubelet makes its root rshared; in a pod, mount it with \
+                 mountPropagation: HostToContainer)",
+                pods_dir.display()
+            ));
+        }
+
+        // Classify this node's pods.
+        let mut node_pods = Vec::new();
+        let mut reported: BTreeMap<String, PodState> = BTreeMap::new();
+        for pod in &api.pods {
+            let meta = &pod.metadata;
+            let (Some(uid), Some(ns), Some(name)) = (&meta.uid, &meta.namespace, &meta.name) else {
+                continue;
+            };
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                != Some(self.config.node_name.as_str())
+            {
+                continue;
+            }
+            let empty = BTreeMap::new();
+            let class = classify(PodMeta {
+                labels: meta.labels.as_ref().unwrap_or(&empty),
+                annotations: meta.annotations.as_ref().unwrap_or(&empty),
+            });
+            let status = pod.status.as_ref();
+            let mut state = PodState {
+                host_namespace: ns.clone(),
+                host_name: name.clone(),
+                host_uid: uid.clone(),
+                phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+                ready: status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                ..Default::default()
+            };
+            match class {
+                PodClass::Other => continue,
+                PodClass::ControlPlane { vcluster } => {
+                    state.vcluster = vcluster;
+                    state.control_plane = true;
+                }
+                PodClass::Synced(synced) => {
+                    state.vcluster = synced.vcluster.clone();
+                    state.virtual_namespace = synced.virtual_namespace.clone();
+                    state.virtual_name = synced.virtual_name.clone();
+                    state.virtual_uid = synced.virtual_uid.clone();
+                    node_pods.push(NodePod {
+                        host_uid: uid.clone(),
+                        host_namespace: ns.clone(),
+                        synced,
+                    });
+                }
+            }
+            reported.insert(uid.clone(), state);
+        }
+
+        let mut planned = plan::plan(&PlanInput {
+            roots: &self.config.roots,
+            layouts: &self.config.layouts,
+            pods: &node_pods,
+            control_planes: &api.control_planes,
+            pod_dirs: &pod_dirs,
+            mounts: &table,
+        });
+
+        // Execute. A pod in backoff is skipped; a failure puts it in backoff.
+        let now = Instant::now();
+        let mut failed: HashMap<(String, Layout), String> = HashMap::new();
+        for action in &planned.actions {
+            match action {
+                Action::EnsureDir(target) => {
+                    if let Err(e) = self.kernel.ensure_dir(target) {
+                        self.metrics.mount_error(e.category());
+                        errors.push(format!("creating {}: {e}", target.path().display()));
+                    }
+                }
+                Action::Mount {
+                    source,
+                    target,
+                    host_uid,
+                } => {
+                    let layout = plan::target_layout(&self.config.roots, &target.path());
+                    if let Some(r) = self.retries.get(host_uid)
+                        && r.next > now
+                    {
+                        if let Some(l) = layout {
+                            failed.insert((host_uid.clone(), l), format!("{} (retrying)", r.error));
+                        }
+                        continue;
+                    }
+                    let src = Target {
+                        root: self.config.roots.kubelet.clone(),
+                        components: vec!["pods".into(), host_uid.clone()],
+                    };
+                    match self.kernel.bind(&src, target) {
+                        Ok(()) => {
+                            self.retries.remove(host_uid);
+                            tracing::info!(pod_uid = %host_uid, source = %source.display(), target = %target.path().display(), "mounted");
+                        }
+                        Err(e) => {
+                            self.metrics.mount_error(e.category());
+                            let reason = e.to_string();
+                            tracing::warn!(pod_uid = %host_uid, target = %target.path().display(), error = %reason, "mount failed");
+                            self.backoff(host_uid, &reason, now);
+                            if let Some(l) = layout {
+                                failed.insert((host_uid.clone(), l), reason);
+                            }
+                        }
+                    }
+                }
+                Action::Unmount { target, source } => {
+                    let Some(t) = owned_target(&self.config.roots, target) else {
+                        continue;
+                    };
+                    match self.kernel.unmount(&t) {
+                        Ok(()) => {
+                            tracing::info!(source = %source.display(), target = %target.display(), "unmounted: the pod is gone")
+                        }
+                        Err(e) => {
+                            self.metrics.mount_error(e.category());
+                            tracing::warn!(target = %target.display(), error = %e, "unmount failed");
+                            errors.push(format!("unmounting {}: {e}", target.display()));
+                        }
+                    }
+                }
+            }
+        }
+        self.retries.retain(|uid, _| planned.pods.contains_key(uid));
+
+        // Mount states into the report, logging each change once.
+        let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut seen = HashMap::new();
+        for (uid, mounts) in &mut planned.pods {
+            let pod = reported
+                .get_mut(uid)
+                .expect("planned pods are reported pods");
+            for m in mounts.iter_mut() {
+                if let Some(reason) = failed.remove(&(uid.clone(), m.layout)) {
+                    m.phase = Phase::Failed(reason);
+                }
+                let (phase, reason) = match &m.phase {
+                    Phase::Mounted => (MountPhase::Mounted, String::new()),
+                    Phase::Pending(r) => (MountPhase::Pending, r.clone()),
+                    Phase::Failed(r) => (MountPhase::Failed, r.clone()),
+                    Phase::Conflict(r) => (MountPhase::Conflict, r.clone()),
+                };
+                *counts.entry(phase.as_str_name()).or_default() += 1;
+                let key = (uid.clone(), m.layout);
+                if self.logged.get(&key) != Some(&m.phase) && m.phase != Phase::Mounted {
+                    tracing::warn!(
+                        pod = %format!("{}/{}", pod.host_namespace, pod.host_name),
+                        layout = m.layout.as_str(),
+                        state = phase.as_str_name(),
+                        %reason,
+                        "pod not mounted"
+                    );
+                }
+                seen.insert(key, m.phase.clone());
+                pod.mounts.push(MountState {
+                    layout: m.layout.as_str().into(),
+                    target: m
+                        .target
+                        .as_ref()
+                        .map(|t| t.path().display().to_string())
+                        .unwrap_or_default(),
+                    phase: phase as i32,
+                    reason,
+                });
+            }
+        }
+        self.logged = seen;
+        self.metrics.set_mount_counts(&counts);
+        self.metrics.pass_done(started.elapsed());
+        let next_retry = self.retries.values().map(|r| r.next).min();
+        (
+            NodeState {
+                pods: reported,
+                errors,
+            },
+            next_retry,
+        )
+    }
+
+    fn backoff(&mut self, uid: &str, error: &str, now: Instant) {
+        let delay = self
+            .retries
+            .get(uid)
+            .map_or(BACKOFF_MIN, |r| (r.delay * 2).min(BACKOFF_MAX));
+        self.retries.insert(
+            uid.to_owned(),
+            Retry {
+                delay,
+                next: now + delay,
+                error: error.to_owned(),
+            },
+        );
+    }
+}
+
+/// `target` as a [`Target`] under whichever of our roots holds it (plan only emits unmounts
+/// for paths with a target's shape under our roots).
+fn owned_target(roots: &Roots, target: &std::path::Path) -> Option<Target> {
+    [&roots.loft, &roots.vcluster_hostpath]
+        .into_iter()
+        .find_map(|root| {
+            let rest = target.strip_prefix(root).ok()?;
+            let components = rest
+                .iter()
+                .map(|c| c.to_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Target {
+                root: root.clone(),
+                components,
+            })
+        })
+}
+
+fn control_planes(
+    sts: &Store<PartialObjectMeta<StatefulSet>>,
+    deploys: &Store<PartialObjectMeta<Deployment>>,
+) -> BTreeMap<String, BTreeSet<ControlPlane>> {
+    let mut out: BTreeMap<String, BTreeSet<ControlPlane>> = BTreeMap::new();
+    let metas = sts
+        .state()
+        .into_iter()
+        .map(|o| o.metadata.clone())
+        .chain(deploys.state().into_iter().map(|o| o.metadata.clone()));
+    for m in metas {
+        let labels = m.labels.unwrap_or_default();
+        let Some(release) = labels.get(fleetmirror_core::naming::LABEL_RELEASE) else {
+            continue;
+        };
+        let Some(namespace) = m.namespace else {
+            continue;
+        };
+        if fleetmirror_core::naming::validate_dns1123_label(release).is_err() {
+            continue;
+        }
+        let created = m
+            .creation_timestamp
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        out.entry(release.clone())
+            .or_default()
+            .insert(ControlPlane { created, namespace });
+    }
+    out
+}
+
+/// Runs the reconciler until `shutdown`: watches, inotify, periodic passes. Marks `ready` after
+/// the first pass with both watches synced. Never unmounts on the way out.
+pub async fn run<K: Kernel + 'static>(
+    client: kube::Client,
+    mut reconciler: NodeReconciler<K>,
+    state: watch::Sender<NodeState>,
+    ready: fleetmirror_runtime::admin::ReadyFlag,
+    shutdown: CancellationToken,
+) -> Result<(), KernelError> {
+    let config = reconciler.config.clone();
+    let trigger = Arc::new(Notify::new());
+    let metrics = reconciler.metrics.clone();
+
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let pod_watch = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
+    );
+    let selector = format!(
+        "{}={}",
+        fleetmirror_core::naming::LABEL_APP,
+        fleetmirror_core::naming::APP_VCLUSTER
+    );
+    let (sts, sts_writer) = reflector::store::<PartialObjectMeta<StatefulSet>>();
+    // Api<PartialObjectMeta<K>> makes metadata-only requests: a handful of small objects.
+    let sts_watch = watcher(
+        Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    );
+    let (deploys, deploys_writer) = reflector::store::<PartialObjectMeta<Deployment>>();
+    let deploy_watch = watcher(
+        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    );
+
+    fn drive<S, T>(stream: S, trigger: Arc<Notify>, what: &'static str, shutdown: CancellationToken)
+    where
+        S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(_)) => trigger.notify_one(),
+                        Some(Err(error)) => tracing::warn!(watch = what, %error, "watch failed; retrying with backoff"),
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    drive(
+        reflector::reflector(pods_writer, pod_watch).default_backoff(),
+        trigger.clone(),
+        "pods",
+        shutdown.clone(),
+    );
+    drive(
+        reflector::reflector(sts_writer, sts_watch).default_backoff(),
+        trigger.clone(),
+        "statefulsets",
+        shutdown.clone(),
+    );
+    drive(
+        reflector::reflector(deploys_writer, deploy_watch).default_backoff(),
+        trigger.clone(),
+        "deployments",
+        shutdown.clone(),
+    );
+    crate::inotify::watch_pods_dir(
+        config.roots.pods_dir(),
+        trigger.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+
+    tokio::select! {
+        r = async { tokio::try_join!(pods.wait_until_ready(), sts.wait_until_ready(), deploys.wait_until_ready()) } => {
+            if r.is_err() { return Ok(()); }
+        }
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(node = %config.node_name, "watches synced; reconciling");
+
+    let mut periodic = tokio::time::interval(config.resync);
+    periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let view = ApiView {
+            pods: pods.state(),
+            control_planes: control_planes(&sts, &deploys),
+        };
+        let (node_state, retry_at) = reconciler.pass(&view);
+        state.send_if_modified(|s| {
+            if *s == node_state {
+                false
+            } else {
+                *s = node_state;
+                true
+            }
+        });
+        ready.set(true);
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = trigger.notified() => {
+                // Coalesce a burst of events into one pass.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ = periodic.tick() => {}
+            _ = retry => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("node reconciler stopped; mounts stay in place");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{Call, RecordingKernel};
+    use k8s_openapi::api::core::v1::PodSpec;
+    use kube::api::ObjectMeta;
+
+    const HOST_UID: &str = "11111111-1111-4111-8111-111111111111";
+    const OTHER_UID: &str = "22222222-2222-4222-8222-222222222222";
+    const VUID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+    const VUID2: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            node_name: "n1".into(),
+            roots: Roots {
+                kubelet: "/k".into(),
+                loft: "/loft".into(),
+                vcluster_hostpath: "/hp".into(),
+            },
+            layouts: vec![Layout::Loft],
+            resync: Duration::from_secs(60),
+        }
+    }
+
+    fn pod(uid: &str, vuid: &str) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("p-{uid}")),
+                namespace: Some("team-a".into()),
+                uid: Some(uid.into()),
+                labels: Some([("vcluster.loft.sh/managed-by".to_owned(), "vc".to_owned())].into()),
+                annotations: Some([("vcluster.loft.sh/uid".to_owned(), vuid.to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn view(pods: Vec<Arc<Pod>>) -> ApiView {
+        let mut control_planes = BTreeMap::new();
+        control_planes.insert(
+            "vc".to_owned(),
+            [ControlPlane {
+                created: "1".into(),
+                namespace: "team-a".into(),
+            }]
+            .into(),
+        );
+        ApiView {
+            pods,
+            control_planes,
+        }
+    }
+
+    fn phase(s: &NodeState, uid: &str) -> MountPhase {
+        s.pods[uid].mounts[0].phase()
+    }
+
+    #[test]
+    fn one_failing_pod_does_not_block_the_other_and_is_retried_with_backoff() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID, OTHER_UID]);
+        let bad_target = format!("/loft/vc/kubelet/pods/{VUID}");
+        k.fail_on(
+            &bad_target,
+            KernelError::Sys {
+                op: "mount",
+                path: bad_target.clone().into(),
+                errno: nix::errno::Errno::EIO,
+            },
+        );
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        let v = view(vec![pod(HOST_UID, VUID), pod(OTHER_UID, VUID2)]);
+
+        let (s, retry) = r.pass(&v);
+        assert_eq!(phase(&s, HOST_UID), MountPhase::Failed);
+        assert!(
+            s.pods[HOST_UID].mounts[0].reason.contains("EIO"),
+            "{:?}",
+            s.pods[HOST_UID].mounts[0]
+        );
+        assert_eq!(
+            phase(&s, OTHER_UID),
+            MountPhase::Mounted,
+            "the healthy pod is mounted anyway"
+        );
+        assert!(retry.is_some(), "a retry is scheduled");
+        assert_eq!(
+            k.take_calls()
+                .iter()
+                .filter(|c| matches!(c, Call::Bind(..)))
+                .count(),
+            2
+        );
+
+        // Within the backoff, the failing mount is not attempted again.
+        let (s, _) = r.pass(&v);
+        assert_eq!(phase(&s, HOST_UID), MountPhase::Failed);
+        assert!(s.pods[HOST_UID].mounts[0].reason.contains("retrying"));
+        assert!(
+            k.take_calls().iter().all(|c| !matches!(c, Call::Bind(..))),
+            "no bind during backoff, and the healthy one is adopted"
+        );
+
+        // After the backoff, healed: mounted.
+        k.heal(std::path::Path::new(&bad_target));
+        r.retries.values_mut().for_each(|x| x.next = Instant::now());
+        let (s, retry) = r.pass(&v);
+        assert_eq!(phase(&s, HOST_UID), MountPhase::Mounted);
+        assert!(retry.is_none());
+    }
+
+    #[test]
+    fn a_deleted_pod_is_unmounted_and_other_nodes_pods_are_ignored() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        r.pass(&view(vec![pod(HOST_UID, VUID)]));
+        assert_eq!(k.mounts().len(), 1);
+        k.take_calls();
+
+        let mut elsewhere = (*pod(OTHER_UID, VUID2)).clone();
+        elsewhere.spec.as_mut().unwrap().node_name = Some("n2".into());
+        let (s, _) = r.pass(&view(vec![Arc::new(elsewhere)]));
+        assert!(
+            s.pods.is_empty(),
+            "a pod of another node is not ours to report"
+        );
+        assert_eq!(
+            k.take_calls(),
+            [Call::Unmount(
+                format!("/loft/vc/kubelet/pods/{VUID}").into()
+            )]
+        );
+        assert!(k.mounts().is_empty());
+    }
+
+    #[test]
+    fn control_plane_pods_are_reported_never_mounted() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let mut cp = (*pod(HOST_UID, VUID)).clone();
+        cp.metadata.labels = Some(
+            [
+                ("app".to_owned(), "vcluster".to_owned()),
+                ("release".to_owned(), "vc".to_owned()),
+            ]
+            .into(),
+        );
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        let (s, _) = r.pass(&view(vec![Arc::new(cp)]));
+        assert!(s.pods[HOST_UID].control_plane && s.pods[HOST_UID].mounts.is_empty());
+        assert!(k.take_calls().is_empty());
+    }
+}
