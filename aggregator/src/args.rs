@@ -63,6 +63,19 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_AGENT_STALE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub agent_stale_after: Duration,
 
+    /// The only identity allowed to report as an agent. Default:
+    /// `system:serviceaccount:<--namespace>:fleetmirror-agent`.
+    #[arg(long, env = "FLEETMIRROR_AGENT_SERVICE_ACCOUNT")]
+    pub agent_service_account: Option<String>,
+
+    /// The audience agent tokens must be issued for (the DaemonSet's projected token sets it).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_TOKEN_AUDIENCE",
+        default_value = "fleetmirror"
+    )]
+    pub token_audience: String,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

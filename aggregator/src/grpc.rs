@@ -24,6 +24,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AgentIdentity, Authenticator};
 use crate::index::FleetIndex;
 use crate::metrics::{KindLabel, Metrics};
 
@@ -104,6 +105,7 @@ impl Diagnostics for DiagnosticsService {
 /// The AgentService: one Report stream per agent.
 #[derive(Debug, Clone)]
 pub struct AgentReportService {
+    auth: Authenticator,
     index: Arc<FleetIndex>,
     leader: watch::Receiver<bool>,
     metrics: Metrics,
@@ -126,6 +128,14 @@ impl AgentService for AgentReportService {
                 "this aggregator replica is not the leader; reconnect",
             ));
         }
+        let identity = match self.auth.authenticate(request.metadata()).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.metrics.reject(e.category());
+                tracing::warn!(peer = ?request.remote_addr(), reason = %e, "agent stream refused");
+                return Err(e.into());
+            }
+        };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -137,7 +147,7 @@ impl AgentService for AgentReportService {
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) => {
-                            if let Err(status) = this.handle(session, report, &tx).await {
+                            if let Err(status) = this.handle(session, &identity, report, &tx).await {
                                 break Some(status);
                             }
                         }
@@ -174,9 +184,19 @@ impl AgentReportService {
     async fn handle(
         &self,
         session: crate::index::SessionId,
+        identity: &AgentIdentity,
         report: NodeReport,
         tx: &mpsc::Sender<Result<ReportAck, Status>>,
     ) -> Result<(), Status> {
+        if report.node_name != identity.node {
+            self.metrics.reject("denied_node");
+            let msg = format!(
+                "agent pod {} runs on node {}; it may not report for node {:?}",
+                identity.pod, identity.node, report.node_name
+            );
+            tracing::warn!(reason = %msg, "agent report refused");
+            return Err(Status::permission_denied(msg));
+        }
         let sequence = report.sequence;
         let node = report.node_name.clone();
         let kind = match report.body {
@@ -224,6 +244,8 @@ impl AgentReportService {
 /// Everything the gRPC server needs.
 #[derive(Debug)]
 pub struct GrpcServer {
+    /// Validates agent tokens.
+    pub auth: Authenticator,
     /// Listen address.
     pub addr: SocketAddr,
     /// The shared index.
@@ -265,6 +287,7 @@ impl GrpcServer {
             index: self.index.clone(),
         };
         let agents = AgentReportService {
+            auth: self.auth,
             index: self.index,
             leader: self.leader,
             metrics: self.metrics,

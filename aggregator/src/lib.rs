@@ -6,10 +6,12 @@
 //!
 //! * [`args`]: flags; [`crd`]: the custom resources (CRD YAML is generated from them);
 //! * [`index`]: the fleet index and the Report protocol rules;
+//! * [`auth`]: agent stream authentication (TokenReview, ServiceAccount, pod → node);
 //! * [`grpc`]: AgentService, Diagnostics, health and reflection;
 //! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
 
 pub mod args;
+pub mod auth;
 pub mod crd;
 pub mod grpc;
 pub mod index;

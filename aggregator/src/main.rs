@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetmirror_aggregator::args::Args;
+use fleetmirror_aggregator::auth::Authenticator;
 use fleetmirror_aggregator::grpc::GrpcServer;
 use fleetmirror_aggregator::index::FleetIndex;
 use fleetmirror_aggregator::leader::{ElectionConfig, LeaderElector};
@@ -58,7 +59,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     {
+        let agent_user = args
+            .agent_service_account
+            .clone()
+            .unwrap_or_else(|| format!("system:serviceaccount:{namespace}:fleetmirror-agent"));
+        tracing::info!(%agent_user, audience = %args.token_audience, "agents authenticate with TokenReview");
         let server = GrpcServer {
+            auth: Authenticator::new(client.clone(), agent_user, args.token_audience.clone()),
             addr: grpc_addr,
             index: index.clone(),
             leader: leader_rx.clone(),

@@ -137,3 +137,78 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
         .expect("create namespace");
     name
 }
+
+/// A token as the agent DaemonSet's projected volume holds it: for ServiceAccount
+/// `service_account` in `namespace` (created if missing), audience `fleetmirror`, bound to a
+/// new pod of that ServiceAccount on `node` (unless `bound` is false). Uses the TokenRequest
+/// API, which works on the local control plane without a controller-manager.
+pub async fn agent_token(
+    client: &kube::Client,
+    namespace: &str,
+    node: &str,
+    service_account: &str,
+    bound: bool,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ServiceAccount};
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(service_account.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match sas.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {service_account}: {e}"),
+    }
+    let bound_object_ref = if bound {
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{service_account}-{}", crate::suffix())),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                service_account_name: Some(service_account.into()),
+                containers: vec![Container {
+                    name: "agent".into(),
+                    image: Some("registry.invalid/agent:0".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("agent pod");
+        Some(BoundObjectReference {
+            kind: Some("Pod".into()),
+            api_version: Some("v1".into()),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+        })
+    } else {
+        None
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["fleetmirror".into()],
+            bound_object_ref,
+            expiration_seconds: Some(3600),
+        },
+        ..Default::default()
+    };
+    sas.create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("token status")
+        .token
+}

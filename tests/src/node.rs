@@ -125,6 +125,21 @@ impl NodeSandbox {
         );
     }
 
+    /// Where the agent reads its token (`--token-path`); absent until [`NodeSandbox::issue_token`].
+    pub fn token_path(&self) -> PathBuf {
+        self.base.join("token")
+    }
+
+    /// Issues this node's agent a token, as the DaemonSet's projected volume would: agent
+    /// ServiceAccount `fleetmirror-agent` in `namespace` (the aggregator's), bound to an agent
+    /// pod on this node.
+    pub async fn issue_token(&self, client: &kube::Client, namespace: &str) {
+        let token =
+            crate::cluster::agent_token(client, namespace, &self.name, "fleetmirror-agent", true)
+                .await;
+        std::fs::write(self.token_path(), token).unwrap();
+    }
+
     /// The agent flags for these roots.
     pub fn agent_args(&self) -> Vec<String> {
         vec![
@@ -132,6 +147,7 @@ impl NodeSandbox {
             format!("--kubelet-root={}", self.kubelet_root.display()),
             format!("--loft-root={}", self.loft_root.display()),
             format!("--vcluster-hostpath-root={}", self.hostpath_root.display()),
+            format!("--token-path={}", self.token_path().display()),
         ]
     }
 }

@@ -309,7 +309,6 @@ impl Agent {
             format!("--kubeconfig={}", cp.kubeconfig(cluster).display()),
             format!("--admin-addr=127.0.0.1:{admin_port}"),
             "--heartbeat-interval=1s".into(),
-            "--token-path=/nonexistent".into(),
         ];
         args.extend(node.agent_args());
         if let Some(url) = aggregator_url {

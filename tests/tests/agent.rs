@@ -41,6 +41,7 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
     let mut agg = Aggregator::start(cp, 0, config.clone());
     let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
     let node = sandbox.name.clone();
+    sandbox.issue_token(&client, &ns).await;
     let agent = Agent::start(cp, 0, &sandbox, Some(&agg.grpc_url()), &[]);
 
     let url = agg.grpc_url();
@@ -80,6 +81,47 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
         agent.metric("fleetmirror_agent_report_connected"),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_turns_its_node_stale() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "stale").await;
+    let mut config = AggregatorConfig::new(&ns);
+    config.extra_args.push("--agent-stale-after=2s".into());
+    let agg = Aggregator::start(cp, 0, config);
+    let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    sandbox.issue_token(&client, &ns).await;
+    let mut agent = Agent::start(cp, 0, &sandbox, Some(&agg.grpc_url()), &[]);
+    let url = agg.grpc_url();
+    eventually(WAIT, "the node reports", || {
+        node_connected(&url, &sandbox.name)
+    })
+    .await;
+    // Heartbeats (every 1 s here) keep a quiet node fresh past the grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    node_connected(&url, &sandbox.name)
+        .await
+        .expect("still fresh thanks to heartbeats");
+
+    agent.process.kill();
+    let diag = DiagnosticsClient::connect(url.clone()).await.unwrap();
+    let summary = eventually(WAIT, "the node is stale", || {
+        let mut diag = diag.clone();
+        let name = sandbox.name.clone();
+        async move {
+            let s = diag
+                .get_node(GetNodeRequest { name })
+                .await
+                .ok()?
+                .into_inner()
+                .summary?;
+            s.stale.then_some(s)
+        }
+    })
+    .await;
+    assert!(!summary.connected, "{summary:?}");
 }
 
 #[test]
@@ -171,6 +213,27 @@ fn delta(node: &str, seq: u64) -> NodeReport {
     }
 }
 
+type AuthedClient = AgentServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+async fn client_with_token(url: &str, token: Option<String>) -> AuthedClient {
+    let channel = fleetmirror_tests::channel(url).await;
+    let interceptor: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut req: tonic::Request<()>| {
+        if let Some(t) = &token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(req)
+    });
+    AgentServiceClient::with_interceptor(channel, interceptor)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
     let cp = ControlPlane::shared();
@@ -182,9 +245,12 @@ async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
         (agg.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
     })
     .await;
+    let token =
+        fleetmirror_tests::cluster::agent_token(&client, &ns, "n-proto", "fleetmirror-agent", true)
+            .await;
+    let mut c = client_with_token(&url, Some(token)).await;
 
     // A delta before any snapshot, then a gap: both answered with resync_required.
-    let mut c = AgentServiceClient::connect(url.clone()).await.unwrap();
     let msgs = vec![
         delta("n-proto", 1),
         snapshot("n-proto", 1),
@@ -204,29 +270,19 @@ async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
         .collect();
     assert_eq!(flags, [true, false, false, true]);
 
-    // One stream may not report for two nodes: INVALID_ARGUMENT, and the stream ends.
-    let msgs = vec![snapshot("n-one", 1), snapshot("n-two", 2)];
-    let mut acks = c
-        .report(tokio_stream::iter(msgs))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!acks.next().await.unwrap().unwrap().resync_required);
-    assert_eq!(
-        acks.next().await.unwrap().unwrap_err().code(),
-        Code::InvalidArgument
-    );
-
-    // Hostile content: an empty node name, an oversized one.
-    for bad in [snapshot("", 1), snapshot(&"x".repeat(1000), 1)] {
+    // A stream may report only for the node its agent pod runs on: PERMISSION_DENIED, stream ends.
+    for other in ["n-other", "", &"x".repeat(1000)] {
+        let msgs = vec![snapshot("n-proto", 1), snapshot(other, 2)];
         let mut acks = c
-            .report(tokio_stream::iter(vec![bad]))
+            .report(tokio_stream::iter(msgs))
             .await
             .unwrap()
             .into_inner();
+        assert!(!acks.next().await.unwrap().unwrap().resync_required);
         assert_eq!(
             acks.next().await.unwrap().unwrap_err().code(),
-            Code::InvalidArgument
+            Code::PermissionDenied,
+            "report for {other:?}"
         );
     }
     let mut diag = DiagnosticsClient::connect(url).await.unwrap();
@@ -239,6 +295,89 @@ async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
         .into_iter()
         .map(|n| n.name)
         .collect();
-    assert_eq!(names, ["n-one", "n-proto"], "nothing hostile was recorded");
+    assert_eq!(names, ["n-proto"], "nothing hostile was recorded");
     assert!(agg.metric("fleetmirror_aggregator_resyncs_total").unwrap() >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_agent_tokens_bound_to_a_pod_may_report_and_refusals_are_counted() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "auth").await;
+    let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let url = agg.grpc_url();
+    eventually(WAIT, "leadership", || async {
+        (agg.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+
+    let cases = [
+        ("no token", None, Code::Unauthenticated),
+        (
+            "a garbage token",
+            Some("not-a-jwt".to_owned()),
+            Code::Unauthenticated,
+        ),
+        (
+            "another ServiceAccount's token",
+            Some(
+                fleetmirror_tests::cluster::agent_token(
+                    &client,
+                    &ns,
+                    "n-auth",
+                    "someone-else",
+                    true,
+                )
+                .await,
+            ),
+            Code::PermissionDenied,
+        ),
+        (
+            "an agent token bound to no pod",
+            Some(
+                fleetmirror_tests::cluster::agent_token(
+                    &client,
+                    &ns,
+                    "n-auth",
+                    "fleetmirror-agent",
+                    false,
+                )
+                .await,
+            ),
+            Code::PermissionDenied,
+        ),
+    ];
+    for (what, token, code) in cases {
+        let mut c = client_with_token(&url, token).await;
+        let err = match c
+            .report(tokio_stream::iter(vec![snapshot("n-auth", 1)]))
+            .await
+        {
+            Err(status) => status,
+            Ok(resp) => resp
+                .into_inner()
+                .next()
+                .await
+                .expect("an answer")
+                .expect_err("must be refused"),
+        };
+        assert_eq!(err.code(), code, "{what}: {err}");
+    }
+    let mut diag = DiagnosticsClient::connect(url).await.unwrap();
+    assert!(
+        diag.list_nodes(ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes
+            .is_empty(),
+        "no refused report was recorded"
+    );
+    let (_, metrics) = fleetmirror_tests::process::http_get(agg.admin_port, "/metrics").unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("fleetmirror_aggregator_report_rejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 4.0, "refusals are counted:\n{metrics}");
 }

@@ -78,6 +78,7 @@ async fn pods_are_mounted_at_every_layout_reported_and_unmounted_when_deleted() 
         node.create_pod_dir(&uid(p));
     }
     let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    node.issue_token(&client, &ns).await;
     let agent = Agent::start(
         cp,
         0,
@@ -343,6 +344,7 @@ async fn hostile_pods_are_refused_with_a_reason_and_nothing_is_mounted() {
     std::os::unix::fs::symlink(&bait, &planted_target).unwrap();
 
     let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    node.issue_token(&client, &ns).await;
     let _agent = Agent::start(cp, 0, &node, Some(&agg.grpc_url()), &[]);
     let url = agg.grpc_url();
     for (needle, p) in &created {

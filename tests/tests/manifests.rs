@@ -240,6 +240,86 @@ fn crds_and_install_yaml_apply_to_the_real_api_server() {
     );
     std::fs::remove_file(&file).ok();
 
+    // RBAC is what the code needs, and no more (checked by impersonation on the real server).
+    let can = |who: &str, args: &[&str]| {
+        let user = format!("system:serviceaccount:fleetmirror-system:{who}");
+        let mut all = vec!["auth", "can-i", "--as", &user];
+        all.extend_from_slice(args);
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(&all)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for args in [
+        &["list", "pods", "-A"][..],
+        &["watch", "pods", "-A"],
+        &["list", "statefulsets.apps", "-A"],
+        &["watch", "deployments.apps", "-A"],
+    ] {
+        assert!(
+            can("fleetmirror-agent", args),
+            "the agent needs to {args:?}"
+        );
+    }
+    for args in [
+        &["create", "pods", "-A"][..],
+        &["update", "pods", "-A"],
+        &["get", "secrets", "-A"],
+        &["create", "tokenreviews"],
+        &["patch", "vclusterhealths.fleetmirror.io/status", "-A"],
+    ] {
+        assert!(
+            !can("fleetmirror-agent", args),
+            "the agent must not {args:?}: it never writes to the API"
+        );
+    }
+    for args in [
+        &["create", "tokenreviews"][..],
+        &["get", "pods", "-A"],
+        &["list", "services", "-A"],
+        &[
+            "patch",
+            "vclusterhealths.fleetmirror.io",
+            "--subresource=status",
+            "-A",
+        ],
+        &[
+            "update",
+            "leases.coordination.k8s.io/fleetmirror-aggregator",
+            "-n",
+            "fleetmirror-system",
+        ],
+        &[
+            "create",
+            "leases.coordination.k8s.io",
+            "-n",
+            "fleetmirror-system",
+        ],
+    ] {
+        assert!(
+            can("fleetmirror-aggregator", args),
+            "the aggregator needs to {args:?}"
+        );
+    }
+    for args in [
+        &["get", "secrets", "-A"][..],
+        &["delete", "pods", "-A"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/other",
+            "-n",
+            "fleetmirror-system",
+        ],
+    ] {
+        assert!(
+            !can("fleetmirror-aggregator", args),
+            "the aggregator must not {args:?}"
+        );
+    }
+
     let sample = repo_root().join("fleet.yaml");
     kubectl(kc, &["apply", "-f", &sample.display().to_string()]);
     let table = kubectl(kc, &["get", "vclusterhealth", "-n", "default"]);
