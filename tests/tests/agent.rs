@@ -213,18 +213,15 @@ fn delta(node: &str, seq: u64) -> NodeReport {
     }
 }
 
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 type AuthedClient = AgentServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Interceptor>,
 >;
 
 async fn client_with_token(url: &str, token: Option<String>) -> AuthedClient {
     let channel = fleetmirror_tests::channel(url).await;
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut req: tonic::Request<()>| {
+    let interceptor: Interceptor = Box::new(move |mut req: tonic::Request<()>| {
         if let Some(t) = &token {
             req.metadata_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
