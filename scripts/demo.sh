@@ -4,7 +4,9 @@
 #   * the CRDs and the sample fleet (fleet.yaml, examples/sample-fleet.yaml: two vClusters),
 #   * fleetmirror-aggregator (gRPC :9090, admin :8080, leader election on),
 #   * fleetmirror-agent for node "demo-node", in a private mount namespace with a temporary
-#     kubelet root holding the sample pods' directories, reporting to the aggregator.
+#     kubelet root holding the sample pods' directories, bind-mounting them under a temporary
+#     loft root (layouts loft and vcluster-hostpath) and reporting to the aggregator with a
+#     bound ServiceAccount token.
 # It prints what it started and how to look at it, then runs until Ctrl-C.
 #
 #   scripts/demo.sh           run until Ctrl-C
@@ -103,13 +105,29 @@ mkdir -p "$DIR/logs"
   >"$DIR/logs/aggregator.log" 2>&1 &
 pids+=($!)
 
-step "starting fleetmirror-agent (private mount namespace)"
-unshare -m --propagation private "$BIN/fleetmirror-agent" --node-name "$NODE" --kubeconfig "$KUBECONFIG" \
+step "the agent's identity: ServiceAccount, its pod on $NODE, and a bound token (as the DaemonSet's projected volume)"
+kubectl -n fleetmirror-system create serviceaccount fleetmirror-agent --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: fleetmirror-agent-demo, namespace: fleetmirror-system, labels: {app.kubernetes.io/name: fleetmirror-agent}}
+spec:
+  nodeName: $NODE
+  serviceAccountName: fleetmirror-agent
+  containers: [{name: agent, image: fleetmirror/fleetmirror:0.1.0}]
+EOF
+kubectl -n fleetmirror-system create token fleetmirror-agent --audience fleetmirror \
+  --bound-object-kind Pod --bound-object-name fleetmirror-agent-demo --duration 24h >"$DIR/token"
+
+step "starting fleetmirror-agent (in a private mount namespace; kubelet root made rshared, as kubelet does)"
+unshare -m --propagation private sh -c 'mount --bind "$0" "$0" && mount --make-rshared "$0" && exec "$@"' "$KUBELET_ROOT" \
+  "$BIN/fleetmirror-agent" --node-name "$NODE" --kubeconfig "$KUBECONFIG" \
   --kubelet-root "$KUBELET_ROOT" --loft-root "$LOFT_ROOT" --vcluster-hostpath-root "$HOSTPATH_ROOT" \
-  --mount-layout loft,vcluster-hostpath --token-path "$DIR/no-token" \
+  --mount-layout loft,vcluster-hostpath --token-path "$DIR/token" \
   --aggregator-addr "http://127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$AGENT_ADMIN_PORT" \
   >"$DIR/logs/agent.log" 2>&1 &
-pids+=($!)
+AGENT_PID=$!
+pids+=("$AGENT_PID")
 
 wait_for() { # description command...
   local what=$1; shift
@@ -123,12 +141,13 @@ wait_for() { # description command...
 }
 wait_for "aggregator /readyz" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
 wait_for "agent /readyz" curl -sf "http://127.0.0.1:$AGENT_ADMIN_PORT/readyz"
+# Three synced pods (alpha's CoreDNS and web-0, beta's CoreDNS) x two layouts.
 node_reported() {
   local out
   out=$(grpcurl -plaintext -d "{\"name\":\"$NODE\"}" "127.0.0.1:$GRPC_PORT" fleetmirror.v1.Diagnostics/GetNode) || return 1
-  [[ $out == *'"connected": true'* ]]
+  [[ $out == *'"connected": true'* && $out == *'"mountsMounted": 6'* ]]
 }
-wait_for "the agent's first report" node_reported
+wait_for "the agent's report of six mounts" node_reported
 
 A=127.0.0.1:$GRPC_PORT
 cat <<EOF
@@ -145,13 +164,20 @@ $(grpcurl -plaintext "$A" list | sed 's/^/  /')
 Nodes reporting (grpcurl -plaintext -d '{}' $A fleetmirror.v1.Diagnostics/ListNodes):
 $(grpcurl -plaintext -d '{}' "$A" fleetmirror.v1.Diagnostics/ListNodes | sed 's/^/  /')
 
+Pod directories the agent bind-mounted, keyed by virtual pod UID (in its mount namespace):
+$({ nsenter -t "$AGENT_PID" -m -- find "$LOFT_ROOT" -mindepth 4 -maxdepth 4 -type d
+   nsenter -t "$AGENT_PID" -m -- find "$HOSTPATH_ROOT" -mindepth 5 -maxdepth 5 -type d; } | sed "s|^$DIR/node||; s/^/  /")
+Read through the loft mount of alpha's web-0: "$(nsenter -t "$AGENT_PID" -m -- cat "$LOFT_ROOT/alpha/kubelet/pods/9a41e7c2-0d3b-4f86-a5e1-27c9b8d4f315/etc-hosts")"
+
 Try:
   kubectl get vclusterhealth -A
   kubectl get pods -A -o wide
   grpcurl -plaintext $A list fleetmirror.v1.Diagnostics
   grpcurl -plaintext -d '{}' $A fleetmirror.v1.Diagnostics/ListVClusters
-  grpcurl -plaintext -d '{"name":"$NODE"}' $A fleetmirror.v1.Diagnostics/GetNode
+  grpcurl -plaintext -d '{"name":"$NODE"}' $A fleetmirror.v1.Diagnostics/GetNode   # pods, mount states
+  nsenter -t $AGENT_PID -m -- findmnt -R $LOFT_ROOT                    # the agent's bind mounts
   curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ^fleetmirror_
+  curl -s http://127.0.0.1:$AGENT_ADMIN_PORT/metrics | grep ^fleetmirror_agent_mounts
   kubectl get lease -n fleetmirror-system fleetmirror-aggregator
 EOF
 
@@ -161,6 +187,8 @@ if [ "$check" = 1 ]; then
   holder=$(kubectl get lease -n fleetmirror-system fleetmirror-aggregator -o jsonpath='{.spec.holderIdentity}')
   [ -n "$holder" ] || die "no aggregator holds the Lease"
   kubectl get vclusterhealth -n default fleet >/dev/null || die "the sample fleet is missing"
+  nsenter -t "$AGENT_PID" -m -- cat "$LOFT_ROOT/alpha/kubelet/pods/9a41e7c2-0d3b-4f86-a5e1-27c9b8d4f315/etc-hosts" | grep -q 'pod web-0' \
+    || die "alpha's web-0 is not readable through its loft mount"
   echo "demo check: ok"
   exit 0
 fi
