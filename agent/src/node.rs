@@ -218,7 +218,17 @@ impl<K: Kernel> NodeReconciler<K> {
                     match self.kernel.bind(&src, target) {
                         Ok(()) => {
                             self.retries.remove(host_uid);
-                            tracing::info!(pod_uid = %host_uid, source = %source.display(), target = %target.path().display(), "mounted");
+                            let pod = reported
+                                .get(host_uid)
+                                .map(|p| format!("{}/{}", p.host_namespace, p.host_name))
+                                .unwrap_or_default();
+                            tracing::info!(
+                                %pod,
+                                pod_uid = %host_uid,
+                                source = %source.display(),
+                                target = %target.path().display(),
+                                "mounted"
+                            );
                         }
                         Err(e) => {
                             self.metrics.mount_error(e.category());
