@@ -4,11 +4,13 @@
 //!
 //! * [`naming`]: vCluster's host-side naming contract (SafeConcatName, the labels and
 //!   annotations its syncer writes) and validation of names taken from the API;
+//! * [`health`]: fleet health scoring (discovery, six signals, score, level, message);
 //! * [`pod`]: which host pods are synced vCluster pods or control-plane pods;
 //! * [`mountinfo`]: `/proc/self/mountinfo` parsing and bind-source resolution;
 //! * [`plan`]: the agent's mount reconcile as a pure function (layouts, cross-tenant guard,
 //!   conflicts, adoption, garbage collection).
 
+pub mod health;
 pub mod mountinfo;
 pub mod naming;
 pub mod plan;
