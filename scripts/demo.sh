@@ -148,6 +148,8 @@ node_reported() {
   [[ $out == *'"connected": true'* && $out == *'"mountsMounted": 6'* ]]
 }
 wait_for "the agent's report of six mounts" node_reported
+scored() { [ "$(kubectl get vclusterhealth -n default fleet -o jsonpath='{.status.summary.total}')" = 2 ]; }
+wait_for "the sample fleet's status" scored
 
 A=127.0.0.1:$GRPC_PORT
 cat <<EOF
@@ -157,6 +159,12 @@ fleetmirror demo is running.
   aggregator      gRPC 127.0.0.1:$GRPC_PORT, admin http://127.0.0.1:$ADMIN_PORT  (log: $DIR/logs/aggregator.log)
   agent           node $NODE, admin http://127.0.0.1:$AGENT_ADMIN_PORT, kubelet root $KUBELET_ROOT  (log: $DIR/logs/agent.log)
   tools           export PATH=$TOOLS:\$PATH   (grpcurl, helm)
+
+The fleet (kubectl get vclusterhealth -A):
+$(kubectl get vclusterhealth -A | sed 's/^/  /')
+
+Per vCluster (kubectl get vclusterhealth -n default fleet -o jsonpath='{range .status.syncCoverage[*]}...'):
+$(kubectl get vclusterhealth -n default fleet -o jsonpath='{range .status.syncCoverage[*]}  {.namespace}/{.clusterName}: {.score} {.level}, mounts {.mountCoverage}{"\n"}    {.message}{"\n"}{end}')
 
 Services the aggregator serves (server reflection, no .proto files):
 $(grpcurl -plaintext "$A" list | sed 's/^/  /')

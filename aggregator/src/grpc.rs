@@ -63,9 +63,10 @@ impl Diagnostics for DiagnosticsService {
         if !ns.is_empty() {
             require_label("namespace", &ns)?;
         }
-        // The vCluster scores arrive with the fleet-health capability; until then the index
-        // knows no vClusters and the list is empty.
-        Ok(Response::new(ListVClustersResponse { vclusters: vec![] }))
+        let filter = (!ns.is_empty()).then_some(ns.as_str());
+        Ok(Response::new(ListVClustersResponse {
+            vclusters: self.index.list_vclusters(filter),
+        }))
     }
 
     async fn get_v_cluster(
@@ -75,9 +76,10 @@ impl Diagnostics for DiagnosticsService {
         let r = request.into_inner();
         let ns = require_label("namespace", &r.namespace)?;
         let name = require_label("name", &r.name)?;
-        Err(Status::not_found(format!(
-            "no vCluster {name} in namespace {ns}"
-        )))
+        self.index
+            .get_vcluster(ns, name, SystemTime::now())
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no vCluster {name} in namespace {ns}")))
     }
 
     async fn list_nodes(

@@ -94,6 +94,26 @@ struct Inner {
 pub struct FleetIndex {
     inner: RwLock<Inner>,
     stale_after: Duration,
+    changed: tokio::sync::Notify,
+    scores: RwLock<BTreeMap<(String, String), VClusterScore>>,
+}
+
+/// One vCluster as last scored by the health controller (for Diagnostics).
+#[derive(Debug, Clone)]
+pub struct VClusterScore {
+    /// The summary Diagnostics returns.
+    pub summary: fleetmirror_proto::v1::VClusterSummary,
+}
+
+/// Pod facts of the whole fleet, as the agents reported them.
+#[derive(Debug, Default, Clone)]
+pub struct AgentFacts {
+    /// Every reported vCluster-related pod, with its node and whether that node is stale.
+    pub pods: Vec<(String, bool, PodState)>,
+    /// Every node that reported.
+    pub nodes: std::collections::BTreeSet<String>,
+    /// Nodes whose agent is silent past the grace period.
+    pub stale_nodes: std::collections::BTreeSet<String>,
 }
 
 impl FleetIndex {
@@ -102,7 +122,92 @@ impl FleetIndex {
         Self {
             inner: RwLock::default(),
             stale_after,
+            changed: tokio::sync::Notify::new(),
+            scores: RwLock::default(),
         }
+    }
+
+    /// Resolves when a report changed the index since the last call (one waiter: the health
+    /// controller).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Every reported pod with its node, as of `now`.
+    pub fn agent_facts(&self, now: SystemTime) -> AgentFacts {
+        let inner = self.read();
+        let mut facts = AgentFacts::default();
+        for (node, e) in &inner.nodes {
+            let stale = self.is_stale(e, now);
+            facts.nodes.insert(node.clone());
+            if stale {
+                facts.stale_nodes.insert(node.clone());
+            }
+            facts
+                .pods
+                .extend(e.pods.values().map(|p| (node.clone(), stale, p.clone())));
+        }
+        facts
+    }
+
+    /// Replaces the scores Diagnostics serves.
+    pub fn set_scores(&self, scores: BTreeMap<(String, String), VClusterScore>) {
+        *self.scores.write().unwrap_or_else(|p| p.into_inner()) = scores;
+    }
+
+    /// Every scored vCluster (optionally of one namespace), sorted by namespace then name.
+    pub fn list_vclusters(
+        &self,
+        namespace: Option<&str>,
+    ) -> Vec<fleetmirror_proto::v1::VClusterSummary> {
+        let scores = self.scores.read().unwrap_or_else(|p| p.into_inner());
+        scores
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
+            .map(|(_, s)| s.summary.clone())
+            .collect()
+    }
+
+    /// One scored vCluster with its reported pods grouped by node.
+    pub fn get_vcluster(
+        &self,
+        namespace: &str,
+        name: &str,
+        now: SystemTime,
+    ) -> Option<fleetmirror_proto::v1::VClusterDetail> {
+        let summary = {
+            let scores = self.scores.read().unwrap_or_else(|p| p.into_inner());
+            scores
+                .get(&(namespace.to_owned(), name.to_owned()))?
+                .summary
+                .clone()
+        };
+        let inner = self.read();
+        let nodes = inner
+            .nodes
+            .iter()
+            .filter_map(|(node, e)| {
+                let mut pods: Vec<PodState> = e
+                    .pods
+                    .values()
+                    .filter(|p| p.host_namespace == namespace && p.vcluster == name)
+                    .cloned()
+                    .collect();
+                if pods.is_empty() {
+                    return None;
+                }
+                pods.sort_by(|a, b| a.host_name.cmp(&b.host_name));
+                Some(fleetmirror_proto::v1::NodePods {
+                    node_name: node.clone(),
+                    stale: self.is_stale(e, now),
+                    pods,
+                })
+            })
+            .collect();
+        Some(fleetmirror_proto::v1::VClusterDetail {
+            summary: Some(summary),
+            nodes,
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -123,6 +228,7 @@ impl FleetIndex {
     /// Ends a session: its node (if it still owns it) is marked disconnected. The node's data
     /// stays, and turns stale once the grace period has passed.
     pub fn close_session(&self, session: SessionId) {
+        self.changed.notify_one();
         let mut inner = self.write();
         if let Some(node) = inner.sessions.remove(&session)
             && let Some(entry) = inner.nodes.get_mut(&node)
@@ -139,6 +245,25 @@ impl FleetIndex {
 
     /// Applies one report of `session`, received at `now`.
     pub fn apply(
+        &self,
+        session: SessionId,
+        report: NodeReport,
+        now: SystemTime,
+    ) -> Result<(), ApplyError> {
+        // Heartbeats (empty deltas) change nothing a score depends on; the health controller's
+        // interval pass notices staleness changes.
+        let content = match &report.body {
+            Some(Body::Delta(d)) => !d.upserted.is_empty() || !d.removed_host_uids.is_empty(),
+            _ => true,
+        };
+        let result = self.apply_inner(session, report, now);
+        if result.is_ok() && content {
+            self.changed.notify_one();
+        }
+        result
+    }
+
+    fn apply_inner(
         &self,
         session: SessionId,
         report: NodeReport,

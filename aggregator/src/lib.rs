@@ -8,12 +8,14 @@
 //! * [`index`]: the fleet index and the Report protocol rules;
 //! * [`auth`]: agent stream authentication (TokenReview, ServiceAccount, pod → node);
 //! * [`grpc`]: AgentService, Diagnostics, health and reflection;
+//! * [`health`]: the fleet-health controller (VClusterHealth status, Diagnostics scores);
 //! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
 
 pub mod args;
 pub mod auth;
 pub mod crd;
 pub mod grpc;
+pub mod health;
 pub mod index;
 pub mod leader;
 pub mod metrics;

@@ -85,6 +85,22 @@ async fn main() -> anyhow::Result<()> {
             ("leader gauge", Ok(()))
         });
     }
+    {
+        let controller = fleetmirror_aggregator::health::HealthController {
+            client: client.clone(),
+            index: index.clone(),
+            pod_source: args.pod_source,
+            leader: leader_rx.clone(),
+            metrics: metrics.clone(),
+        };
+        let token = token.clone();
+        tasks.spawn(async move {
+            (
+                "health controller",
+                controller.run(token).await.map_err(Into::into),
+            )
+        });
+    }
     if args.leader_elect {
         let elector = LeaderElector::new(
             client.clone(),

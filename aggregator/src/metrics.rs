@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of report counters.
@@ -22,7 +23,7 @@ pub struct ReasonLabel {
 }
 
 /// Every metric the aggregator exports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// 1 while this replica holds the Lease.
     pub leader: Gauge,
@@ -34,6 +35,26 @@ pub struct Metrics {
     pub report_rejections: Family<ReasonLabel, Counter>,
     /// Resyncs requested from agents.
     pub resyncs: Counter,
+    /// Duration of one fleet recompute.
+    pub recompute_seconds: Histogram,
+    vclusters: Family<ReasonLabel, Gauge>,
+    status_writes: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            leader: Gauge::default(),
+            agent_streams: Gauge::default(),
+            reports: Family::default(),
+            report_rejections: Family::default(),
+            resyncs: Counter::default(),
+            // 100 µs … ~3 s
+            recompute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            vclusters: Family::default(),
+            status_writes: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -71,7 +92,38 @@ impl Metrics {
             "Snapshots requested from agents after a gap",
             m.resyncs.clone(),
         );
+        r.register(
+            "aggregator_vclusters",
+            "Scored vClusters by level (reason=Full|Partial|None)",
+            m.vclusters.clone(),
+        );
+        r.register(
+            "aggregator_status_writes",
+            "VClusterHealth status writes (reason=changed|heartbeat|error)",
+            m.status_writes.clone(),
+        );
+        r.register(
+            "aggregator_recompute_seconds",
+            "Duration of one fleet recompute",
+            m.recompute_seconds.clone(),
+        );
         m
+    }
+
+    /// Sets the vClusters-by-level gauges (reason = Full, Partial or None).
+    pub fn set_levels(&self, by_level: &std::collections::BTreeMap<&'static str, i64>) {
+        for level in ["Full", "Partial", "None"] {
+            self.vclusters
+                .get_or_create(&ReasonLabel { reason: level })
+                .set(by_level.get(level).copied().unwrap_or(0));
+        }
+    }
+
+    /// Counts one status write (`changed`, `heartbeat` or `error`).
+    pub fn status_write(&self, reason: &'static str) {
+        self.status_writes
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one refused report or stream.

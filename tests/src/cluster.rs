@@ -212,3 +212,31 @@ pub async fn agent_token(
         .expect("token status")
         .token
 }
+
+/// Installs fleetmirror's CRDs (generated from the Rust types) and waits until the API server
+/// serves them.
+pub async fn install_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in fleetmirror_aggregator::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("creating CRD {name}: {e}"),
+        }
+        crate::eventually(
+            std::time::Duration::from_secs(30),
+            &format!("CRD {name} established"),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}

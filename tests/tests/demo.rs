@@ -41,8 +41,24 @@ fn demo_starts_everything_and_shows_it() {
         stdout.contains("\"name\": \"demo-node\""),
         "the agent's node is not listed:\n{log}"
     );
-    assert!(stdout.contains("/var/lib/loft/alpha/kubelet/pods/9a41e7c2-0d3b-4f86-a5e1-27c9b8d4f315"), "alpha's web-0 mount is shown:\n{log}");
-    assert!(stdout.contains("/tmp/vcluster/team-beta/beta/kubelet/pods/c0b5e8d1-7a2f-4c39-b6e4-51d2a9f8e036"), "{log}");
+    assert!(
+        stdout.contains("/var/lib/loft/alpha/kubelet/pods/9a41e7c2-0d3b-4f86-a5e1-27c9b8d4f315"),
+        "alpha's web-0 mount is shown:\n{log}"
+    );
+    assert!(
+        stdout.contains(
+            "/tmp/vcluster/team-beta/beta/kubelet/pods/c0b5e8d1-7a2f-4c39-b6e4-51d2a9f8e036"
+        ),
+        "{log}"
+    );
+    assert!(
+        stdout.contains("team-alpha/alpha: 100 Full, mounts 4/4"),
+        "alpha is Full:\n{log}"
+    );
+    assert!(
+        stdout.contains("team-beta/beta: 50 Partial, mounts 2/2"),
+        "beta is Partial:\n{log}"
+    );
     assert!(stdout.contains("demo check: ok"), "{log}");
     assert!(!dir.exists(), "the demo cleans up after itself");
 }
