@@ -59,8 +59,8 @@ impl KernelError {
 
 /// The kernel operations the node reconciler needs.
 pub trait Kernel: Send + Sync + std::fmt::Debug {
-    /// The text of `/proc/self/mountinfo`.
-    fn mountinfo(&self) -> Result<String, KernelError>;
+    /// The bytes of `/proc/self/mountinfo` (paths may hold any byte but the escaped four).
+    fn mountinfo(&self) -> Result<Vec<u8>, KernelError>;
     /// Names in `dir` (for `<kubelet>/pods`: the pod directories).
     fn list_dir(&self, dir: &Path) -> Result<BTreeSet<String>, KernelError>;
     /// Creates `target`'s directories, refusing symlinks.
@@ -140,9 +140,9 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
 }
 
 impl Kernel for LinuxKernel {
-    fn mountinfo(&self) -> Result<String, KernelError> {
+    fn mountinfo(&self) -> Result<Vec<u8>, KernelError> {
         let path = Path::new("/proc/self/mountinfo");
-        std::fs::read_to_string(path)
+        std::fs::read(path)
             .map_err(|e| sys("read", path)(Errno::from_raw(e.raw_os_error().unwrap_or(0))))
     }
 
@@ -266,8 +266,9 @@ impl RecordingKernel {
 }
 
 impl Kernel for RecordingKernel {
-    fn mountinfo(&self) -> Result<String, KernelError> {
+    fn mountinfo(&self) -> Result<Vec<u8>, KernelError> {
         let s = self.lock();
+        self.check(&s, Path::new("/proc/self/mountinfo"))?;
         let mut text = String::from("1 0 8:1 / / rw shared:1 - ext4 /dev/fake rw\n");
         for (i, (target, source)) in s.mounts.iter().enumerate() {
             text.push_str(&format!(
@@ -277,7 +278,7 @@ impl Kernel for RecordingKernel {
                 target.display()
             ));
         }
-        Ok(text)
+        Ok(text.into_bytes())
     }
 
     fn list_dir(&self, dir: &Path) -> Result<BTreeSet<String>, KernelError> {

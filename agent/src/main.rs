@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     }
     let admin_addr = parse_listen_addr(&args.admin_addr).context("--admin-addr")?;
     let dropped = fleetmirror_agent::caps::restrict()?;
+    let args = canonical_roots(args)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %args.node_name,
@@ -39,6 +40,34 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args, admin_addr))
 }
 
+/// Resolves the roots once: mountinfo shows canonical paths, and the planner compares paths,
+/// so a root reached through a symlink would never match (and be mounted again every pass).
+/// The kubelet root must exist; our roots are created when missing. A root writable by
+/// anyone but root is a warning: whoever can write it can race the agent's directories.
+fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    args.kubelet_root = std::fs::canonicalize(&args.kubelet_root).with_context(|| {
+        format!(
+            "--kubelet-root {} (is this a Kubernetes node?)",
+            args.kubelet_root.display()
+        )
+    })?;
+    for (flag, root) in [
+        ("--loft-root", &mut args.loft_root),
+        ("--vcluster-hostpath-root", &mut args.vcluster_hostpath_root),
+    ] {
+        std::fs::create_dir_all(&*root)
+            .with_context(|| format!("creating {flag} {}", root.display()))?;
+        *root =
+            std::fs::canonicalize(&*root).with_context(|| format!("{flag} {}", root.display()))?;
+        let meta = std::fs::metadata(&*root)?;
+        if meta.uid() != 0 || meta.permissions().mode() & 0o022 != 0 {
+            tracing::warn!(root = %root.display(), flag, "root is writable by others than root: they can race the agent's directories");
+        }
+    }
+    Ok(args)
+}
+
 async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let token = shutdown::CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
@@ -47,7 +76,7 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
     let readiness = admin::Readiness::default();
     let client = kubeconfig::client(args.common.kubeconfig.as_deref()).await?;
     // The node reconciler publishes the node's state here after every pass.
-    let (state_tx, state_rx) = tokio::sync::watch::channel(NodeState::default());
+    let (state_tx, state_rx) = tokio::sync::watch::channel(None::<NodeState>);
     let reconciler = NodeReconciler::new(
         NodeConfig {
             node_name: args.node_name.clone(),

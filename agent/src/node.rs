@@ -77,7 +77,8 @@ pub struct NodeReconciler<K: Kernel> {
     config: NodeConfig,
     kernel: Arc<K>,
     metrics: Metrics,
-    retries: HashMap<String, Retry>,
+    /// Keyed by target path: one failing layout does not hold back the pod's others.
+    retries: HashMap<std::path::PathBuf, Retry>,
     logged: HashMap<(String, Layout), Phase>,
 }
 
@@ -97,10 +98,17 @@ impl<K: Kernel> NodeReconciler<K> {
     pub fn pass(&mut self, api: &ApiView) -> (NodeState, Option<Instant>) {
         let started = Instant::now();
         let mut errors = Vec::new();
+        // A failed read is not an empty state: with no mount table every target would look
+        // unmounted (binds stacked on binds), with no directory listing every pod would look
+        // gone (mounts removed). Such a pass reports and plans, but acts on nothing.
+        let mut blind = false;
         let table = match self.kernel.mountinfo() {
-            Ok(text) => MountTable::parse(&text),
+            Ok(bytes) => MountTable::parse_bytes(&bytes),
             Err(e) => {
-                errors.push(format!("reading mountinfo: {e}"));
+                errors.push(format!(
+                    "reading mountinfo: {e}; no mount changes until it can be read"
+                ));
+                blind = true;
                 MountTable::default()
             }
         };
@@ -108,7 +116,10 @@ impl<K: Kernel> NodeReconciler<K> {
         let pod_dirs: BTreeSet<String> = match self.kernel.list_dir(&pods_dir) {
             Ok(names) => names,
             Err(e) => {
-                errors.push(format!("reading the kubelet pods directory: {e}"));
+                errors.push(format!(
+                    "reading the kubelet pods directory: {e}; no mount changes until it can be read"
+                ));
+                blind = true;
                 BTreeSet::new()
             }
         };
@@ -163,10 +174,12 @@ impl<K: Kernel> NodeReconciler<K> {
                     state.control_plane = true;
                 }
                 PodClass::Synced(synced) => {
-                    state.vcluster = synced.vcluster.clone();
-                    state.virtual_namespace = synced.virtual_namespace.clone();
-                    state.virtual_name = synced.virtual_name.clone();
-                    state.virtual_uid = synced.virtual_uid.clone();
+                    // Tenant-written values are bounded before they leave the node, so one
+                    // hostile annotation cannot make every report of the node invalid.
+                    state.vcluster = clip(&synced.vcluster);
+                    state.virtual_namespace = clip(&synced.virtual_namespace);
+                    state.virtual_name = clip(&synced.virtual_name);
+                    state.virtual_uid = clip(&synced.virtual_uid);
                     node_pods.push(NodePod {
                         host_uid: uid.clone(),
                         host_namespace: ns.clone(),
@@ -189,6 +202,17 @@ impl<K: Kernel> NodeReconciler<K> {
         // Execute. A pod in backoff is skipped; a failure puts it in backoff.
         let now = Instant::now();
         let mut failed: HashMap<(String, Layout), String> = HashMap::new();
+        if blind {
+            planned.actions.clear();
+            for (uid, mounts) in &planned.pods {
+                for m in mounts {
+                    failed.insert(
+                        (uid.clone(), m.layout),
+                        "the node's state cannot be read; waiting".into(),
+                    );
+                }
+            }
+        }
         for action in &planned.actions {
             match action {
                 Action::EnsureDir(target) => {
@@ -203,7 +227,8 @@ impl<K: Kernel> NodeReconciler<K> {
                     host_uid,
                 } => {
                     let layout = plan::target_layout(&self.config.roots, &target.path());
-                    if let Some(r) = self.retries.get(host_uid)
+                    let key = target.path();
+                    if let Some(r) = self.retries.get(&key)
                         && r.next > now
                     {
                         if let Some(l) = layout {
@@ -217,7 +242,7 @@ impl<K: Kernel> NodeReconciler<K> {
                     };
                     match self.kernel.bind(&src, target) {
                         Ok(()) => {
-                            self.retries.remove(host_uid);
+                            self.retries.remove(&key);
                             let pod = reported
                                 .get(host_uid)
                                 .map(|p| format!("{}/{}", p.host_namespace, p.host_name))
@@ -234,7 +259,7 @@ impl<K: Kernel> NodeReconciler<K> {
                             self.metrics.mount_error(e.category());
                             let reason = e.to_string();
                             tracing::warn!(pod_uid = %host_uid, target = %target.path().display(), error = %reason, "mount failed");
-                            self.backoff(host_uid, &reason, now);
+                            self.backoff(key, &reason, now);
                             if let Some(l) = layout {
                                 failed.insert((host_uid.clone(), l), reason);
                             }
@@ -258,7 +283,14 @@ impl<K: Kernel> NodeReconciler<K> {
                 }
             }
         }
-        self.retries.retain(|uid, _| planned.pods.contains_key(uid));
+        let planned_targets: BTreeSet<std::path::PathBuf> = planned
+            .pods
+            .values()
+            .flatten()
+            .filter_map(|m| m.target.as_ref().map(Target::path))
+            .collect();
+        self.retries
+            .retain(|target, _| planned_targets.contains(target));
 
         // Mount states into the report, logging each change once.
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
@@ -297,7 +329,7 @@ impl<K: Kernel> NodeReconciler<K> {
                         .map(|t| t.path().display().to_string())
                         .unwrap_or_default(),
                     phase: phase as i32,
-                    reason,
+                    reason: clip(&reason),
                 });
             }
         }
@@ -308,19 +340,19 @@ impl<K: Kernel> NodeReconciler<K> {
         (
             NodeState {
                 pods: reported,
-                errors,
+                errors: bound_errors(errors),
             },
             next_retry,
         )
     }
 
-    fn backoff(&mut self, uid: &str, error: &str, now: Instant) {
+    fn backoff(&mut self, target: std::path::PathBuf, error: &str, now: Instant) {
         let delay = self
             .retries
-            .get(uid)
+            .get(&target)
             .map_or(BACKOFF_MIN, |r| (r.delay * 2).min(BACKOFF_MAX));
         self.retries.insert(
-            uid.to_owned(),
+            target,
             Retry {
                 delay,
                 next: now + delay,
@@ -346,6 +378,31 @@ fn owned_target(roots: &Roots, target: &std::path::Path) -> Option<Target> {
                 components,
             })
         })
+}
+
+/// The longest string the agent reports in one field (the aggregator accepts 1024 bytes).
+const MAX_REPORTED: usize = 512;
+/// The most node-level errors reported; the rest are summarised in one line.
+const MAX_ERRORS: usize = 32;
+
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_REPORTED {
+        return s.to_owned();
+    }
+    let mut end = MAX_REPORTED - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn bound_errors(mut errors: Vec<String>) -> Vec<String> {
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - (MAX_ERRORS - 1);
+        errors.truncate(MAX_ERRORS - 1);
+        errors.push(format!("… and {more} more errors (see the agent's log)"));
+    }
+    errors.iter().map(|e| clip(e)).collect()
 }
 
 fn control_planes(
@@ -385,7 +442,7 @@ fn control_planes(
 pub async fn run<K: Kernel + 'static>(
     client: kube::Client,
     mut reconciler: NodeReconciler<K>,
-    state: watch::Sender<NodeState>,
+    state: watch::Sender<Option<NodeState>>,
     ready: fleetmirror_runtime::admin::ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), KernelError> {
@@ -474,11 +531,12 @@ pub async fn run<K: Kernel + 'static>(
             control_planes: control_planes(&sts, &deploys),
         };
         let (node_state, retry_at) = reconciler.pass(&view);
+        // `None` until the first pass: the reporter sends no snapshot before there is one.
         state.send_if_modified(|s| {
-            if *s == node_state {
+            if s.as_ref() == Some(&node_state) {
                 false
             } else {
-                *s = node_state;
+                *s = Some(node_state);
                 true
             }
         });
@@ -643,6 +701,64 @@ mod tests {
             )]
         );
         assert!(k.mounts().is_empty());
+    }
+
+    #[test]
+    fn a_pass_that_cannot_read_the_node_changes_nothing() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        r.pass(&view(vec![pod(HOST_UID, VUID)]));
+        assert_eq!(k.mounts().len(), 1);
+        k.take_calls();
+        // The listing fails: the pod would look gone, but nothing is unmounted.
+        k.fail_on(
+            "/k/pods",
+            KernelError::Sys {
+                op: "readdir",
+                path: "/k/pods".into(),
+                errno: nix::errno::Errno::EMFILE,
+            },
+        );
+        let (s, _) = r.pass(&view(vec![pod(HOST_UID, VUID)]));
+        assert!(k.take_calls().is_empty(), "no action on a blind pass");
+        assert!(
+            s.errors.iter().any(|e| e.contains("no mount changes")),
+            "{:?}",
+            s.errors
+        );
+        k.heal(std::path::Path::new("/k/pods"));
+        // mountinfo fails: every target would look unmounted, but nothing is mounted again.
+        k.fail_on(
+            "/proc/self/mountinfo",
+            KernelError::Sys {
+                op: "read",
+                path: "/proc/self/mountinfo".into(),
+                errno: nix::errno::Errno::EIO,
+            },
+        );
+        r.pass(&view(vec![pod(HOST_UID, VUID)]));
+        assert!(k.take_calls().is_empty());
+        assert_eq!(k.mounts().len(), 1, "no bind stacked on the existing one");
+    }
+
+    #[test]
+    fn hostile_lengths_are_bounded_in_reports() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let mut p = (*pod(HOST_UID, VUID)).clone();
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("vcluster.loft.sh/name".into(), "n".repeat(100_000));
+        let mut r = NodeReconciler::new(config(), k, Metrics::default());
+        let (s, _) = r.pass(&view(vec![Arc::new(p)]));
+        assert!(s.pods[HOST_UID].virtual_name.len() <= MAX_REPORTED);
+        assert_eq!(
+            bound_errors((0..100).map(|i| i.to_string()).collect()).len(),
+            MAX_ERRORS
+        );
     }
 
     #[test]

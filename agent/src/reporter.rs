@@ -77,8 +77,8 @@ pub struct Reporter {
     pub token_path: PathBuf,
     /// Heartbeat interval of an idle stream.
     pub heartbeat: Duration,
-    /// The node reconciler's published state.
-    pub state: watch::Receiver<NodeState>,
+    /// The node reconciler's published state (`None` until its first pass).
+    pub state: watch::Receiver<Option<NodeState>>,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -164,7 +164,17 @@ impl Reporter {
         let mut client = AgentServiceClient::new(channel);
 
         let (tx, rx) = mpsc::channel::<NodeReport>(16);
-        let mut sent = self.state.borrow_and_update().clone();
+        // No snapshot before the first real pass: an empty one would tell the aggregator the
+        // node has no pods, and health would flap on every agent restart.
+        let Ok(first) = self
+            .state
+            .wait_for(Option::is_some)
+            .await
+            .map(|s| s.clone())
+        else {
+            return Ok(());
+        };
+        let mut sent = first.unwrap_or_default();
         let mut sequence = 1;
         // The receiver is alive: it is moved into the request below.
         let _ = tx.try_send(self.message(sequence, Body::Snapshot(sent.snapshot())));
@@ -186,7 +196,7 @@ impl Reporter {
                     let ack = ack?.ok_or(ReportError::Closed)?;
                     if ack.resync_required {
                         tracing::info!(reason = %ack.message, "aggregator asked for a snapshot");
-                        sent = self.state.borrow_and_update().clone();
+                        sent = self.state.borrow_and_update().clone().unwrap_or_default();
                         Some(Body::Snapshot(sent.snapshot()))
                     } else {
                         *acked = true;
@@ -198,7 +208,7 @@ impl Reporter {
                         // The reconciler is gone: the process is shutting down.
                         return Ok(());
                     }
-                    let current = self.state.borrow_and_update().clone();
+                    let current = self.state.borrow_and_update().clone().unwrap_or_default();
                     let delta = sent.delta_to(&current);
                     sent = current;
                     delta.map(Body::Delta)

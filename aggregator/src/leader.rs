@@ -61,15 +61,28 @@ impl LeaderElector {
 
     /// Runs until `shutdown`; publishes `true` on `leader` while this replica leads.
     pub async fn run(self, leader: watch::Sender<bool>, shutdown: CancellationToken) {
+        // When the last successful attempt *started*: the Lease's renewTime is no later, so
+        // our leadership is valid until then + lease duration. We stop leading one retry
+        // interval before that, however long an API call hangs (each attempt is time-boxed).
         let mut last_renew: Option<Instant> = None;
         let mut last_holder = String::new();
+        let margin = self.config.lease_duration.saturating_sub(self.config.retry);
         loop {
-            match self.try_acquire_or_renew().await {
+            let started = Instant::now();
+            let budget = match (last_renew, *leader.borrow()) {
+                (Some(t), true) => (t + margin).saturating_duration_since(started),
+                _ => margin,
+            };
+            let attempt = match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer from the API server within {budget:?}")),
+            };
+            match attempt {
                 Ok(Attempt::Held) => {
                     if !*leader.borrow() {
                         tracing::info!(identity = %self.config.identity, lease = LEASE_NAME, "became leader");
                     }
-                    last_renew = Some(Instant::now());
+                    last_renew = Some(started);
                     leader.send_replace(true);
                 }
                 Ok(Attempt::HeldBy(holder)) => {
@@ -84,11 +97,8 @@ impl LeaderElector {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "leader election: cannot read or write the lease");
-                    // Step down before the Lease can expire for the others.
-                    let expired = last_renew.is_none_or(|t| {
-                        t.elapsed() + self.config.retry >= self.config.lease_duration
-                    });
-                    if expired && *leader.borrow() {
+                    let valid = last_renew.is_some_and(|t| t.elapsed() < margin);
+                    if !valid && *leader.borrow() {
                         tracing::warn!("could not renew the lease in time; stepping down");
                         leader.send_replace(false);
                     }

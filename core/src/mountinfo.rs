@@ -69,7 +69,10 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let id = f.next()?.parse().ok()?;
     let parent = f.next()?.parse().ok()?;
     let device = f.next()?.to_owned();
-    let root = unescape(f.next()?);
+    // A bind whose source directory was removed shows its root as `<root>//deleted`: the
+    // source is gone, which is what garbage collection needs to know.
+    let raw_root = f.next()?;
+    let root = unescape(raw_root.strip_suffix("//deleted").unwrap_or(raw_root));
     let mount_point = unescape(f.next()?);
     let _options = f.next()?;
     let mut optional = Vec::new();
@@ -103,6 +106,14 @@ impl MountTable {
         Self {
             entries: parse(text),
         }
+    }
+
+    /// Parses mountinfo as read from /proc: the kernel escapes only space, tab, newline and
+    /// backslash, so a path may hold any other byte. An entry with invalid UTF-8 keeps its
+    /// other fields (the path gets replacement characters and matches nothing of ours);
+    /// the rest of the table is unaffected.
+    pub fn parse_bytes(bytes: &[u8]) -> Self {
+        Self::parse(&String::from_utf8_lossy(bytes))
     }
 
     /// Every entry, in mount order.
@@ -234,6 +245,25 @@ bogus line
             t.bind_source_under(Path::new("/var/lib/loft/vc/kubelet/pods/2222"), pods),
             None,
             "not from kubelet"
+        );
+    }
+
+    #[test]
+    fn deleted_sources_and_invalid_utf8() {
+        let text = b"1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 8:1 /k/pods/u1//deleted /loft/t rw - ext4 /dev/sda rw\n3 1 8:1 /x /loft/\xff rw - ext4 /dev/sda rw\n";
+        let t = MountTable::parse_bytes(text);
+        assert_eq!(
+            t.entries().len(),
+            3,
+            "an invalid byte spoils one path, not the table"
+        );
+        assert_eq!(
+            t.at(Path::new("/loft/t")).unwrap().root,
+            Path::new("/k/pods/u1")
+        );
+        assert_eq!(
+            t.bind_source_under(Path::new("/loft/t"), Path::new("/k/pods")),
+            Some(PathBuf::from("/k/pods/u1"))
         );
     }
 

@@ -11,9 +11,13 @@
 //!   a tree: the oldest control plane wins, the other is `conflict`;
 //! * a target that already holds a bind of the right source is adopted, not mounted again; a
 //!   target that holds anything else is left alone and reported;
-//! * a mount is ours only if its mount point has the shape of a target under one of our roots
-//!   *and* it is a bind of a directory under `<kubelet-root>/pods`; ours and no longer wanted
-//!   means unmount. Nothing else is ever touched.
+//! * a mount is ours only if its mount point is under one of our roots *and* it is a bind of
+//!   a directory directly under `<kubelet-root>/pods` (whatever path a tenant may have moved it
+//!   to); ours and no longer wanted means unmount. Nothing else is ever touched;
+//! * a pod that is only waiting (control plane briefly unknown, directory gone while the object
+//!   exists) keeps an existing mount; the tree of a vCluster name on the `loft` layouts stays
+//!   with the namespace whose pods are mounted there (sticky), so it never flips to another
+//!   tenant.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -252,7 +256,21 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for pod in input.pods {
         let mut states = Vec::with_capacity(input.layouts.len());
         for &layout in input.layouts {
-            let (target, phase) = decide(input, pod, layout, &pods_dir, &mut wanted);
+            let (target, mut phase) = decide(input, pod, layout, &pods_dir, &mut wanted);
+            // A pod that is only *waiting* (its control plane is briefly unknown, e.g. while a
+            // StatefulSet is re-created; its directory is gone while the object still exists)
+            // keeps an existing mount: consumers must see no gap. Only a pod that is gone, or
+            // refused for a reason of safety, loses its mount.
+            if let (Phase::Pending(_), Some(t)) = (&phase, &target) {
+                let path = t.path();
+                if input
+                    .mounts
+                    .is_bind_of(&path, &pods_dir.join(&pod.host_uid))
+                    && wanted.insert(path)
+                {
+                    phase = Phase::Mounted;
+                }
+            }
             if layout == Layout::VclusterHostpath
                 && let Some(t) = &target
                 && !matches!(phase, Phase::Failed(_) | Phase::Conflict(_))
@@ -294,10 +312,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut seen = BTreeSet::new();
     for e in input.mounts.entries().iter().rev() {
         let point = &e.mount_point;
-        if wanted.contains(point)
-            || !seen.insert(point.clone())
-            || target_layout(input.roots, point).is_none()
-        {
+        // Anything under our roots that is a bind of a kubelet pod directory is ours, whatever
+        // its path became (a tenant may rename a directory that holds one of our mounts).
+        let under_roots = point.starts_with(&input.roots.loft)
+            || point.starts_with(&input.roots.vcluster_hostpath);
+        if wanted.contains(point) || !seen.insert(point.clone()) || !under_roots {
             continue;
         }
         if let Some(source) = input.mounts.bind_source_under(point, &pods_dir)
@@ -310,6 +329,41 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
     out
+}
+
+/// Who owns `<loft>/<vcluster>`: the namespace whose pods are mounted there now (ownership is
+/// sticky: it never moves while the owner has mounts), else the oldest control plane.
+fn loft_owner<'a>(
+    input: &'a PlanInput<'_>,
+    vcluster: &str,
+    homes: &'a BTreeSet<ControlPlane>,
+) -> Option<&'a str> {
+    let tree = input.roots.loft.join(vcluster);
+    let pods_dir = input.roots.pods_dir();
+    let ns_of: BTreeMap<&str, &str> = input
+        .pods
+        .iter()
+        .map(|p| (p.host_uid.as_str(), p.host_namespace.as_str()))
+        .collect();
+    let mut current = input
+        .mounts
+        .entries()
+        .iter()
+        .filter(|e| e.mount_point.starts_with(&tree))
+        .filter_map(|e| {
+            let source = input.mounts.bind_source_under(&e.mount_point, &pods_dir)?;
+            let uid = source.file_name()?.to_str()?;
+            ns_of.get(uid).copied()
+        });
+    current
+        .next()
+        .and_then(|ns| {
+            homes
+                .iter()
+                .find(|h| h.namespace == ns)
+                .map(|h| h.namespace.as_str())
+        })
+        .or_else(|| homes.iter().next().map(|h| h.namespace.as_str()))
 }
 
 fn decide(
@@ -363,7 +417,7 @@ fn decide(
         );
     }
     if layout.shared_by_name() {
-        let winner = homes.iter().next().map(|h| h.namespace.as_str());
+        let winner = loft_owner(input, &s.vcluster, homes);
         if winner != Some(pod.host_namespace.as_str()) {
             let tree = t.parent().parent().path();
             let reason = format!(
@@ -638,11 +692,17 @@ mod tests {
         assert_eq!(p.pods[U1][0].phase, Phase::Mounted);
         assert_eq!(
             p.actions,
-            [Action::Unmount {
-                target: format!("/loft/gone/kubelet/pods/{V2}").into(),
-                source: format!("/k/pods/{U2}").into()
-            }],
-            "adopted, not re-mounted; only our own stale mount is removed"
+            [
+                Action::Unmount {
+                    target: "/loft/not-a-target".into(),
+                    source: format!("/k/pods/{U2}").into()
+                },
+                Action::Unmount {
+                    target: format!("/loft/gone/kubelet/pods/{V2}").into(),
+                    source: format!("/k/pods/{U2}").into()
+                },
+            ],
+            "adopted, not re-mounted; only our own stale mounts are removed"
         );
     }
 
@@ -659,6 +719,81 @@ mod tests {
         );
         assert!(p.actions.is_empty(), "{:?}", p.actions);
         assert!(matches!(&p.pods[U1][0].phase, Phase::Failed(r) if r.contains("left alone")));
+    }
+
+    #[test]
+    fn a_briefly_unknown_control_plane_or_missing_directory_keeps_the_mount() {
+        let mounts = format!(
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw shared:1 - ext4 /dev/sda rw\n"
+        );
+        for (cps, dirs) in [
+            (homes(&[]), vec![U1]),
+            (homes(&[("vc", "team-a", "1")]), vec![]),
+        ] {
+            let p = run(
+                &[Layout::Loft],
+                &[pod(U1, "team-a", "vc", V1)],
+                &cps,
+                &dirs,
+                &mounts,
+            );
+            assert!(
+                p.actions.is_empty(),
+                "no unmount of a live pod: {:?}",
+                p.actions
+            );
+            assert_eq!(p.pods[U1][0].phase, Phase::Mounted);
+        }
+        // Refused for safety (now a cross-tenant claim): the mount goes.
+        let p = run(
+            &[Layout::Loft],
+            &[pod(U1, "team-a", "vc", V1)],
+            &homes(&[("vc", "team-b", "1")]),
+            &[U1],
+            &mounts,
+        );
+        assert!(matches!(p.actions[..], [Action::Unmount { .. }]));
+    }
+
+    #[test]
+    fn loft_ownership_is_sticky() {
+        // team-a's pod is mounted in /loft/vc; team-a's control plane is re-created and is now
+        // younger than team-b's: the tree stays team-a's.
+        let cps = homes(&[
+            ("vc", "team-a", "2026-03-01T00:00:00Z"),
+            ("vc", "team-b", "2026-02-01T00:00:00Z"),
+        ]);
+        let mounts = format!(
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw shared:1 - ext4 /dev/sda rw\n"
+        );
+        let pods = [pod(U1, "team-a", "vc", V1), pod(U2, "team-b", "vc", V2)];
+        let p = run(&[Layout::Loft], &pods, &cps, &[U1, U2], &mounts);
+        assert_eq!(p.pods[U1][0].phase, Phase::Mounted);
+        assert!(matches!(p.pods[U2][0].phase, Phase::Conflict(_)));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn our_mounts_moved_out_of_shape_or_with_deleted_sources_are_collected() {
+        let mounts = format!(
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/junk-1 rw - ext4 /dev/sda rw\n\
+             11 1 8:1 /k/pods/{U2}//deleted /loft/vc/kubelet/pods/{V2} rw - ext4 /dev/sda rw\n\
+             12 1 8:1 /srv/x /loft/vc/kubelet/pods/junk-2 rw - ext4 /dev/sda rw\n"
+        );
+        let p = run(&[Layout::Loft], &[], &homes(&[]), &[], &mounts);
+        let gone: Vec<String> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Unmount { target, .. } => Some(target.display().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert!(
+            !gone.iter().any(|g| g.ends_with("junk-2")),
+            "not ours: left alone"
+        );
     }
 
     #[test]

@@ -97,9 +97,7 @@ impl NodeSandbox {
 
     /// The namespace's mount table.
     pub fn mounts(&self) -> MountTable {
-        MountTable::parse(
-            &std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap(),
-        )
+        MountTable::parse_bytes(&std::fs::read(format!("/proc/{}/mountinfo", self.pid())).unwrap())
     }
 
     /// `path` as seen inside the namespace.

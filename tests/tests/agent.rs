@@ -77,10 +77,11 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
             .unwrap_or(0.0)
             >= 1.0
     );
-    assert_eq!(
-        agent.metric("fleetmirror_agent_report_connected"),
-        Some(1.0)
-    );
+    // The gauge is set when the stream's response arrives, a moment after the snapshot landed.
+    eventually(WAIT, "the agent's connected gauge", || async {
+        (agent.metric("fleetmirror_agent_report_connected") == Some(1.0)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

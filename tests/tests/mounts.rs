@@ -115,7 +115,7 @@ impl Node {
     }
 
     fn table(&self) -> MountTable {
-        MountTable::parse(&LinuxKernel.mountinfo().unwrap())
+        MountTable::parse_bytes(&LinuxKernel.mountinfo().unwrap())
     }
 
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
