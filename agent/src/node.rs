@@ -25,13 +25,13 @@ use fleetmirror_core::plan::{
 };
 use fleetmirror_core::pod::{PodClass, PodMeta, classify};
 use fleetmirror_proto::v1::{MountPhase, MountState, PodState};
-use futures::StreamExt;
+use fleetmirror_runtime::watch::watch_store;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -450,63 +450,32 @@ pub async fn run<K: Kernel + 'static>(
     let trigger = Arc::new(Notify::new());
     let metrics = reconciler.metrics.clone();
 
-    let (pods, pods_writer) = reflector::store::<Pod>();
-    let pod_watch = watcher(
+    let pods = watch_store(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
+        &trigger,
+        "pods",
+        &shutdown,
     );
     let selector = format!(
         "{}={}",
         fleetmirror_core::naming::LABEL_APP,
         fleetmirror_core::naming::APP_VCLUSTER
     );
-    let (sts, sts_writer) = reflector::store::<PartialObjectMeta<StatefulSet>>();
     // Api<PartialObjectMeta<K>> makes metadata-only requests: a handful of small objects.
-    let sts_watch = watcher(
+    let sts = watch_store(
         Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
         watcher::Config::default().labels(&selector),
+        &trigger,
+        "statefulsets",
+        &shutdown,
     );
-    let (deploys, deploys_writer) = reflector::store::<PartialObjectMeta<Deployment>>();
-    let deploy_watch = watcher(
+    let deploys = watch_store(
         Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
         watcher::Config::default().labels(&selector),
-    );
-
-    fn drive<S, T>(stream: S, trigger: Arc<Notify>, what: &'static str, shutdown: CancellationToken)
-    where
-        S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-    {
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                tokio::select! {
-                    item = stream.next() => match item {
-                        Some(Ok(_)) => trigger.notify_one(),
-                        Some(Err(error)) => tracing::warn!(watch = what, %error, "watch failed; retrying with backoff"),
-                        None => return,
-                    },
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        });
-    }
-    drive(
-        reflector::reflector(pods_writer, pod_watch).default_backoff(),
-        trigger.clone(),
-        "pods",
-        shutdown.clone(),
-    );
-    drive(
-        reflector::reflector(sts_writer, sts_watch).default_backoff(),
-        trigger.clone(),
-        "statefulsets",
-        shutdown.clone(),
-    );
-    drive(
-        reflector::reflector(deploys_writer, deploy_watch).default_backoff(),
-        trigger.clone(),
+        &trigger,
         "deployments",
-        shutdown.clone(),
+        &shutdown,
     );
     crate::inotify::watch_pods_dir(
         config.roots.pods_dir(),

@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fleetmirror_core::health::{self, PodFact, Selection, ServiceFact, VClusterKey, Workload};
-use fleetmirror_proto::v1::{MountPhase, VClusterSummary};
-use futures::StreamExt;
+use fleetmirror_proto::v1::VClusterSummary;
+use fleetmirror_runtime::watch::watch_store;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -350,46 +350,6 @@ impl std::fmt::Debug for HealthController {
     }
 }
 
-fn drive<S, T>(stream: S, trigger: Arc<Notify>, what: &'static str, shutdown: CancellationToken)
-where
-    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(_)) => trigger.notify_one(),
-                    Some(Err(error)) => tracing::warn!(watch = what, %error, "watch failed; retrying with backoff"),
-                    None => return,
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    });
-}
-
-fn watch_store<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trigger: &Arc<Notify>,
-    what: &'static str,
-    shutdown: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store::<K>();
-    drive(
-        reflector::reflector(writer, watcher(api, config)).default_backoff(),
-        trigger.clone(),
-        what,
-        shutdown.clone(),
-    );
-    store
-}
-
 impl HealthController {
     /// Watches, scores and writes until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), kube::Error> {
@@ -561,26 +521,23 @@ impl HealthController {
                 let a = self.index.agent_facts(SystemTime::now());
                 facts.no_agents = a.nodes.is_empty();
                 facts.nodes = a.nodes;
-                for (_, stale, p) in a.pods {
-                    let k = (p.host_namespace.clone(), p.vcluster.clone());
+                facts.pods.reserve(a.pods.len());
+                for p in a.pods {
+                    let k = (p.namespace.clone(), p.vcluster.clone());
                     *facts.pods_seen.entry(k.clone()).or_default() += 1;
-                    if stale {
+                    if p.stale {
                         facts.stale.insert(k.clone());
                     }
                     if !p.control_plane {
                         let cov = facts.coverage.entry(k).or_default();
-                        cov.1 += p.mounts.len() as u32;
-                        cov.0 += p
-                            .mounts
-                            .iter()
-                            .filter(|m| m.phase() == MountPhase::Mounted)
-                            .count() as u32;
+                        cov.0 += p.mounted;
+                        cov.1 += p.mounts;
                     }
                     facts.pods.push(PodFact {
-                        namespace: p.host_namespace,
+                        namespace: p.namespace,
                         vcluster: p.vcluster,
                         control_plane: p.control_plane,
-                        running_ready: p.ready && p.phase == "Running",
+                        running_ready: p.running_ready,
                         virtual_namespace: p.virtual_namespace,
                     });
                 }
@@ -610,10 +567,12 @@ impl HealthController {
     fn publish_scores(&self, facts: &Facts) {
         let scored = score_all(facts, &Selection::All);
         let mut by_level: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut by_score: BTreeMap<i32, i64> = BTreeMap::new();
         let scores = scored
             .into_iter()
             .map(|s| {
                 *by_level.entry(s.signals.level().as_str()).or_default() += 1;
+                *by_score.entry(s.signals.score()).or_default() += 1;
                 let summary = VClusterSummary {
                     namespace: s.key.namespace.clone(),
                     name: s.key.name.clone(),
@@ -658,6 +617,7 @@ impl HealthController {
             .collect();
         self.index.set_scores(scores);
         self.metrics.set_levels(&by_level);
+        self.metrics.set_scores(&by_score);
     }
 
     async fn reconcile(&self, vch: &VClusterHealth, facts: &Facts, changed_inputs: bool) {

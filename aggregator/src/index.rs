@@ -105,15 +105,34 @@ pub struct VClusterScore {
     pub summary: fleetmirror_proto::v1::VClusterSummary,
 }
 
+/// What the health controller needs of one reported pod (small: no names, no mount paths).
+#[derive(Debug, Clone)]
+pub struct ReportedPod {
+    /// Host namespace.
+    pub namespace: String,
+    /// Its vCluster.
+    pub vcluster: String,
+    /// A control-plane pod.
+    pub control_plane: bool,
+    /// Phase Running and Ready.
+    pub running_ready: bool,
+    /// Virtual namespace ("" when unknown).
+    pub virtual_namespace: String,
+    /// Its node's agent is silent past the grace period.
+    pub stale: bool,
+    /// Mounts in MOUNTED state.
+    pub mounted: u32,
+    /// All mounts.
+    pub mounts: u32,
+}
+
 /// Pod facts of the whole fleet, as the agents reported them.
 #[derive(Debug, Default, Clone)]
 pub struct AgentFacts {
-    /// Every reported vCluster-related pod, with its node and whether that node is stale.
-    pub pods: Vec<(String, bool, PodState)>,
+    /// Every reported vCluster-related pod.
+    pub pods: Vec<ReportedPod>,
     /// Every node that reported.
     pub nodes: std::collections::BTreeSet<String>,
-    /// Nodes whose agent is silent past the grace period.
-    pub stale_nodes: std::collections::BTreeSet<String>,
 }
 
 impl FleetIndex {
@@ -140,12 +159,22 @@ impl FleetIndex {
         for (node, e) in &inner.nodes {
             let stale = self.is_stale(e, now);
             facts.nodes.insert(node.clone());
-            if stale {
-                facts.stale_nodes.insert(node.clone());
-            }
-            facts
-                .pods
-                .extend(e.pods.values().map(|p| (node.clone(), stale, p.clone())));
+            facts.pods.extend(e.pods.values().map(|p| {
+                ReportedPod {
+                    namespace: p.host_namespace.clone(),
+                    vcluster: p.vcluster.clone(),
+                    control_plane: p.control_plane,
+                    running_ready: p.ready && p.phase == "Running",
+                    virtual_namespace: p.virtual_namespace.clone(),
+                    stale,
+                    mounted: p
+                        .mounts
+                        .iter()
+                        .filter(|m| m.phase() == MountPhase::Mounted)
+                        .count() as u32,
+                    mounts: p.mounts.len() as u32,
+                }
+            }));
         }
         facts
     }

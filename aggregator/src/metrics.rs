@@ -15,6 +15,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Label of the score distribution: one of the seven possible scores.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScoreLabel {
+    /// 0, 16, 33, 50, 66, 83 or 100.
+    pub score: i32,
+}
+
 /// Labels of rejection counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -38,6 +45,7 @@ pub struct Metrics {
     /// Duration of one fleet recompute.
     pub recompute_seconds: Histogram,
     vclusters: Family<ReasonLabel, Gauge>,
+    scores: Family<ScoreLabel, Gauge>,
     status_writes: Family<ReasonLabel, Counter>,
 }
 
@@ -52,6 +60,7 @@ impl Default for Metrics {
             // 100 µs … ~3 s
             recompute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             vclusters: Family::default(),
+            scores: Family::default(),
             status_writes: Family::default(),
         }
     }
@@ -98,6 +107,11 @@ impl Metrics {
             m.vclusters.clone(),
         );
         r.register(
+            "aggregator_vclusters_by_score",
+            "Scored vClusters by score (0, 16, 33, 50, 66, 83, 100)",
+            m.scores.clone(),
+        );
+        r.register(
             "aggregator_status_writes",
             "VClusterHealth status writes (reason=changed|heartbeat|error)",
             m.status_writes.clone(),
@@ -116,6 +130,15 @@ impl Metrics {
             self.vclusters
                 .get_or_create(&ReasonLabel { reason: level })
                 .set(by_level.get(level).copied().unwrap_or(0));
+        }
+    }
+
+    /// Sets the score distribution (vClusters per score).
+    pub fn set_scores(&self, by_score: &std::collections::BTreeMap<i32, i64>) {
+        for score in (0..=6).map(|p| p * 100 / 6) {
+            self.scores
+                .get_or_create(&ScoreLabel { score })
+                .set(by_score.get(&score).copied().unwrap_or(0));
         }
     }
 

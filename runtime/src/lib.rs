@@ -6,6 +6,7 @@
 //!   `/readyz` made of named readiness checks;
 //! * [`shutdown`]: one cancellation token, cancelled by SIGTERM/SIGINT, fanned out to every task;
 //! * [`kubeconfig`]: the Kubernetes client from `--kubeconfig`, `KUBECONFIG` or in-cluster config;
+//! * [`watch`]: reflector stores whose events trigger a level-based loop;
 //! * [`addr`]: Go-style listen addresses (`:9090`).
 
 pub mod addr;
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod kubeconfig;
 pub mod logging;
 pub mod shutdown;
+pub mod watch;
 
 use std::path::PathBuf;
 

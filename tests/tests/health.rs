@@ -114,9 +114,9 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
         svc.metadata.name = Some(name.into());
         create(&client, &svc).await;
     }
-    // A pod of another namespace claiming `full` does not count for it.
+    // A pod of another namespace claiming `vc` (which has no pods) does not count for it.
     let intruder =
-        VCluster::new(&ns3, "full").synced_pod("default", "claims", node, AnnotationStyle::Classic);
+        VCluster::new(&ns3, "vc").synced_pod("default", "claims", node, AnnotationStyle::Classic);
     create_running_pod(&client, &intruder.pod, true).await;
     // Same name in two namespaces: two vClusters.
     create(&client, &VCluster::new(&ns1, "dup").statefulset()).await;
