@@ -58,6 +58,39 @@ struct Facts {
     no_agents: bool,
 }
 
+/// Per-vCluster counts, aggregated over its (sorted, adjacent) reported pods.
+struct Group {
+    key: (String, String),
+    seen: u32,
+    stale: bool,
+    mounted: u32,
+    mounts: u32,
+}
+
+impl Group {
+    fn new(namespace: String, vcluster: String) -> Self {
+        Self {
+            key: (namespace, vcluster),
+            seen: 0,
+            stale: false,
+            mounted: 0,
+            mounts: 0,
+        }
+    }
+
+    fn flush(self, facts: &mut Facts) {
+        facts.pods_seen.insert(self.key.clone(), self.seen);
+        if self.mounts > 0 {
+            facts
+                .coverage
+                .insert(self.key.clone(), (self.mounted, self.mounts));
+        }
+        if self.stale {
+            facts.stale.insert(self.key);
+        }
+    }
+}
+
 /// One scored vCluster.
 struct Scored {
     key: VClusterKey,
@@ -518,28 +551,41 @@ impl HealthController {
         };
         match self.pod_source {
             PodSource::Agents => {
-                let a = self.index.agent_facts(SystemTime::now());
+                let mut a = self.index.agent_facts(SystemTime::now());
                 facts.no_agents = a.nodes.is_empty();
                 facts.nodes = a.nodes;
+                // Aggregate per (namespace, vCluster) after sorting: one key per vCluster,
+                // not one per pod, and the facts are moved, not cloned.
+                a.pods.sort_unstable_by(|x, y| {
+                    (&x.fact.namespace, &x.fact.vcluster)
+                        .cmp(&(&y.fact.namespace, &y.fact.vcluster))
+                });
+                let mut group: Option<Group> = None;
                 facts.pods.reserve(a.pods.len());
                 for p in a.pods {
-                    let k = (p.namespace.clone(), p.vcluster.clone());
-                    *facts.pods_seen.entry(k.clone()).or_default() += 1;
-                    if p.stale {
-                        facts.stale.insert(k.clone());
+                    let same = group
+                        .as_ref()
+                        .is_some_and(|g| g.key.0 == p.fact.namespace && g.key.1 == p.fact.vcluster);
+                    if !same {
+                        if let Some(g) = group.take() {
+                            g.flush(&mut facts);
+                        }
+                        group = Some(Group::new(
+                            p.fact.namespace.clone(),
+                            p.fact.vcluster.clone(),
+                        ));
                     }
-                    if !p.control_plane {
-                        let cov = facts.coverage.entry(k).or_default();
-                        cov.0 += p.mounted;
-                        cov.1 += p.mounts;
+                    let g = group.as_mut().expect("set above");
+                    g.seen += 1;
+                    g.stale |= p.stale;
+                    if !p.fact.control_plane {
+                        g.mounted += p.mounted;
+                        g.mounts += p.mounts;
                     }
-                    facts.pods.push(PodFact {
-                        namespace: p.namespace,
-                        vcluster: p.vcluster,
-                        control_plane: p.control_plane,
-                        running_ready: p.running_ready,
-                        virtual_namespace: p.virtual_namespace,
-                    });
+                    facts.pods.push(p.fact);
+                }
+                if let Some(g) = group {
+                    g.flush(&mut facts);
                 }
             }
             PodSource::Api => {

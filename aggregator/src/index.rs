@@ -108,16 +108,8 @@ pub struct VClusterScore {
 /// What the health controller needs of one reported pod (small: no names, no mount paths).
 #[derive(Debug, Clone)]
 pub struct ReportedPod {
-    /// Host namespace.
-    pub namespace: String,
-    /// Its vCluster.
-    pub vcluster: String,
-    /// A control-plane pod.
-    pub control_plane: bool,
-    /// Phase Running and Ready.
-    pub running_ready: bool,
-    /// Virtual namespace ("" when unknown).
-    pub virtual_namespace: String,
+    /// The scoring facts.
+    pub fact: fleetmirror_core::health::PodFact,
     /// Its node's agent is silent past the grace period.
     pub stale: bool,
     /// Mounts in MOUNTED state.
@@ -161,11 +153,13 @@ impl FleetIndex {
             facts.nodes.insert(node.clone());
             facts.pods.extend(e.pods.values().map(|p| {
                 ReportedPod {
-                    namespace: p.host_namespace.clone(),
-                    vcluster: p.vcluster.clone(),
-                    control_plane: p.control_plane,
-                    running_ready: p.ready && p.phase == "Running",
-                    virtual_namespace: p.virtual_namespace.clone(),
+                    fact: fleetmirror_core::health::PodFact {
+                        namespace: p.host_namespace.clone(),
+                        vcluster: p.vcluster.clone(),
+                        control_plane: p.control_plane,
+                        running_ready: p.ready && p.phase == "Running",
+                        virtual_namespace: p.virtual_namespace.clone(),
+                    },
                     stale,
                     mounted: p
                         .mounts

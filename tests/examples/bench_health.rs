@@ -64,6 +64,15 @@ fn pod(i: usize, vc: &VCluster, control_plane: bool, ready: bool) -> PodState {
     }
 }
 
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap()
+}
+
 #[tokio::main]
 async fn main() {
     let flips: usize = std::env::args()
@@ -106,6 +115,12 @@ async fn main() {
         .await
         .unwrap();
 
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_before = rss(agg.process.pid());
+    eprintln!(
+        "[bench-health] aggregator RSS with {VCLUSTERS} vClusters and no pods: {:.1} MiB",
+        rss_before as f64 / 1024.0
+    );
     eprintln!("[bench-health] {AGENTS} simulated agents report {PODS} pods…");
     let per_vc = PODS / VCLUSTERS; // 40: one control-plane pod and 39 synced pods
     let mut agents = Vec::new();
@@ -171,12 +186,7 @@ async fn main() {
         start.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", agg.process.pid()))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap();
+    let rss_kib = rss(agg.process.pid());
 
     // Flip one control-plane pod's readiness and time the status write that shows it.
     let mut watch = watcher(vchs.clone(), watcher::Config::default())
