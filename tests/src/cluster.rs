@@ -49,29 +49,9 @@ fn shared_dir() -> PathBuf {
 }
 
 impl ControlPlane {
-    /// Two independent clusters (`0` and `1`), started once and shared by every test.
-    pub fn shared() -> &'static ControlPlane {
-        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            let dir = shared_dir();
-            let out = run_script(&dir, &["up", "--clusters", "2"]);
-            let kubeconfigs = out
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(PathBuf::from)
-                .collect();
-            ControlPlane {
-                dir,
-                kubeconfigs,
-                owned: false,
-            }
-        })
-    }
-
-    /// A control plane of its own (one cluster), stopped and removed on drop.
-    pub fn dedicated(name: &str) -> ControlPlane {
-        let dir = shared_dir().join(format!("dedicated-{name}-{}", crate::suffix()));
-        let out = run_script(&dir, &["up", "--clusters", "1"]);
+    /// Starts (or reuses) `clusters` clusters in `dir`.
+    fn up(dir: PathBuf, clusters: usize, owned: bool) -> ControlPlane {
+        let out = run_script(&dir, &["up", "--clusters", &clusters.to_string()]);
         let kubeconfigs = out
             .lines()
             .filter(|l| !l.is_empty())
@@ -80,8 +60,23 @@ impl ControlPlane {
         ControlPlane {
             dir,
             kubeconfigs,
-            owned: true,
+            owned,
         }
+    }
+
+    /// Two independent clusters (`0` and `1`), started once and shared by every test.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(|| ControlPlane::up(shared_dir(), 2, false))
+    }
+
+    /// A control plane of its own (one cluster), stopped and removed on drop.
+    pub fn dedicated(name: &str) -> ControlPlane {
+        ControlPlane::up(
+            shared_dir().join(format!("dedicated-{name}-{}", crate::suffix())),
+            1,
+            true,
+        )
     }
 
     /// Cluster `i`'s kubeconfig file.
