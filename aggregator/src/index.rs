@@ -15,7 +15,7 @@
 //!   its data is still shown, flagged, never passed off as fresh.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fleetmirror_proto::v1::{
@@ -68,6 +68,123 @@ impl ApplyError {
     }
 }
 
+/// A reported pod as the index keeps it: exact-size strings, and the names many pods share
+/// (namespace, vCluster, virtual namespace, phase, layout) interned. This is most of the
+/// aggregator's memory at fleet size (20 000 pods), so it is kept small; the protobuf message
+/// is rebuilt only for GetNode / GetVCluster.
+#[derive(Debug, Clone)]
+struct StoredPod {
+    host_namespace: Arc<str>,
+    host_name: Box<str>,
+    vcluster: Arc<str>,
+    virtual_namespace: Arc<str>,
+    virtual_name: Box<str>,
+    virtual_uid: Box<str>,
+    phase: Arc<str>,
+    ready: bool,
+    control_plane: bool,
+    mounts: Box<[StoredMount]>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredMount {
+    layout: Arc<str>,
+    /// The target's directory, shared by every pod of a vCluster on a layout.
+    target_dir: Arc<str>,
+    /// The target's last component; empty when it is the pod's virtual UID (the usual case).
+    target_name: Box<str>,
+    phase: i32,
+    reason: Box<str>,
+}
+
+/// Shared copies of repeated names. Pruned of names no pod uses any more, so an agent that
+/// sends ever-new names cannot grow it without bound.
+#[derive(Debug, Default)]
+struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: String) -> Arc<str> {
+        if let Some(a) = self.0.get(s.as_str()) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+
+    fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+impl StoredPod {
+    fn new(p: PodState, i: &mut Interner) -> (Box<str>, StoredPod) {
+        let vuid = p.virtual_uid.as_str();
+        let mounts = p
+            .mounts
+            .into_iter()
+            .map(|m| {
+                let (dir, name) = match m.target.rsplit_once('/') {
+                    Some((dir, name)) if name == vuid && !name.is_empty() && !dir.is_empty() => {
+                        (dir.to_owned(), String::new())
+                    }
+                    _ => (String::new(), m.target),
+                };
+                (m.layout, dir, name, m.phase, m.reason)
+            })
+            .map(|(layout, dir, name, phase, reason)| StoredMount {
+                layout: i.get(layout),
+                target_dir: i.get(dir),
+                target_name: name.into_boxed_str(),
+                phase,
+                reason: reason.into_boxed_str(),
+            })
+            .collect();
+        let pod = StoredPod {
+            host_namespace: i.get(p.host_namespace),
+            host_name: p.host_name.into_boxed_str(),
+            vcluster: i.get(p.vcluster),
+            virtual_namespace: i.get(p.virtual_namespace),
+            virtual_name: p.virtual_name.into_boxed_str(),
+            virtual_uid: p.virtual_uid.into_boxed_str(),
+            phase: i.get(p.phase),
+            ready: p.ready,
+            control_plane: p.control_plane,
+            mounts,
+        };
+        (p.host_uid.into_boxed_str(), pod)
+    }
+
+    fn to_proto(&self, host_uid: &str) -> PodState {
+        PodState {
+            host_namespace: self.host_namespace.to_string(),
+            host_name: self.host_name.to_string(),
+            host_uid: host_uid.to_owned(),
+            vcluster: self.vcluster.to_string(),
+            virtual_namespace: self.virtual_namespace.to_string(),
+            virtual_name: self.virtual_name.to_string(),
+            virtual_uid: self.virtual_uid.to_string(),
+            phase: self.phase.to_string(),
+            ready: self.ready,
+            control_plane: self.control_plane,
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| fleetmirror_proto::v1::MountState {
+                    layout: m.layout.to_string(),
+                    target: if m.target_name.is_empty() && !m.target_dir.is_empty() {
+                        format!("{}/{}", m.target_dir, self.virtual_uid)
+                    } else {
+                        format!("{}{}", m.target_dir, m.target_name)
+                    },
+                    phase: m.phase,
+                    reason: m.reason.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What one node's agent reported.
 #[derive(Debug, Clone)]
 struct NodeEntry {
@@ -77,7 +194,7 @@ struct NodeEntry {
     last_report: SystemTime,
     last_sequence: u64,
     /// Pods by host UID.
-    pods: BTreeMap<String, PodState>,
+    pods: BTreeMap<Box<str>, StoredPod>,
     errors: Vec<String>,
 }
 
@@ -87,6 +204,7 @@ struct Inner {
     /// The node each live session reports for (set by its first snapshot).
     sessions: BTreeMap<SessionId, String>,
     next_session: u64,
+    names: Interner,
 }
 
 /// The fleet as the aggregator knows it. Cheap to read concurrently.
@@ -154,17 +272,17 @@ impl FleetIndex {
             facts.pods.extend(e.pods.values().map(|p| {
                 ReportedPod {
                     fact: fleetmirror_core::health::PodFact {
-                        namespace: p.host_namespace.clone(),
-                        vcluster: p.vcluster.clone(),
+                        namespace: p.host_namespace.to_string(),
+                        vcluster: p.vcluster.to_string(),
                         control_plane: p.control_plane,
-                        running_ready: p.ready && p.phase == "Running",
-                        virtual_namespace: p.virtual_namespace.clone(),
+                        running_ready: p.ready && &*p.phase == "Running",
+                        virtual_namespace: p.virtual_namespace.to_string(),
                     },
                     stale,
                     mounted: p
                         .mounts
                         .iter()
-                        .filter(|m| m.phase() == MountPhase::Mounted)
+                        .filter(|m| m.phase == MountPhase::Mounted as i32)
                         .count() as u32,
                     mounts: p.mounts.len() as u32,
                 }
@@ -212,9 +330,9 @@ impl FleetIndex {
             .filter_map(|(node, e)| {
                 let mut pods: Vec<PodState> = e
                     .pods
-                    .values()
-                    .filter(|p| p.host_namespace == namespace && p.vcluster == name)
-                    .cloned()
+                    .iter()
+                    .filter(|(_, p)| &*p.host_namespace == namespace && &*p.vcluster == name)
+                    .map(|(uid, p)| p.to_proto(uid))
                     .collect();
                 if pods.is_empty() {
                     return None;
@@ -306,10 +424,11 @@ impl FleetIndex {
         match report.body {
             Some(Body::Snapshot(snapshot)) => {
                 inner.sessions.insert(session, report.node_name.clone());
+                let names = &mut inner.names;
                 let pods = snapshot
                     .pods
                     .into_iter()
-                    .map(|p| (p.host_uid.clone(), p))
+                    .map(|p| StoredPod::new(p, names))
                     .collect();
                 inner.nodes.insert(
                     report.node_name,
@@ -322,14 +441,15 @@ impl FleetIndex {
                         errors: snapshot.errors,
                     },
                 );
+                inner.names.prune();
                 Ok(())
             }
             Some(Body::Delta(delta)) => {
                 if bound.is_none() {
                     return Err(ApplyError::NoSnapshot);
                 }
-                let entry = inner
-                    .nodes
+                let Inner { nodes, names, .. } = &mut *inner;
+                let entry = nodes
                     .get_mut(&report.node_name)
                     .ok_or(ApplyError::NoSnapshot)?;
                 if entry.owner != Some(session) {
@@ -344,16 +464,25 @@ impl FleetIndex {
                         got: report.sequence,
                     });
                 }
-                if entry.pods.len() + delta.upserted.len() > MAX_PODS_PER_NODE {
+                let added = delta
+                    .upserted
+                    .iter()
+                    .filter(|p| !entry.pods.contains_key(p.host_uid.as_str()))
+                    .count();
+                if entry.pods.len() + added > MAX_PODS_PER_NODE {
                     return Err(ApplyError::Invalid(format!(
                         "more than {MAX_PODS_PER_NODE} pods on one node"
                     )));
                 }
                 for uid in &delta.removed_host_uids {
-                    entry.pods.remove(uid);
+                    entry.pods.remove(uid.as_str());
                 }
                 for pod in delta.upserted {
-                    entry.pods.insert(pod.host_uid.clone(), pod);
+                    let (uid, pod) = StoredPod::new(pod, names);
+                    entry.pods.insert(uid, pod);
+                }
+                if !delta.removed_host_uids.is_empty() {
+                    names.prune();
                 }
                 if delta.errors_cleared {
                     entry.errors.clear();
@@ -383,7 +512,7 @@ impl FleetIndex {
     pub fn get_node(&self, name: &str, now: SystemTime) -> Option<NodeDetail> {
         let inner = self.read();
         let entry = inner.nodes.get(name)?;
-        let mut pods: Vec<PodState> = entry.pods.values().cloned().collect();
+        let mut pods: Vec<PodState> = entry.pods.iter().map(|(uid, p)| p.to_proto(uid)).collect();
         pods.sort_by(|a, b| {
             (&a.host_namespace, &a.host_name).cmp(&(&b.host_namespace, &b.host_name))
         });
@@ -410,8 +539,8 @@ impl FleetIndex {
         let count = |phase: MountPhase| {
             e.pods
                 .values()
-                .flat_map(|p| &p.mounts)
-                .filter(|m| m.phase() == phase)
+                .flat_map(|p| p.mounts.iter())
+                .filter(|m| m.phase == phase as i32)
                 .count() as u32
         };
         NodeSummary {
@@ -626,6 +755,30 @@ mod tests {
             !idx.list_nodes(T0 + Duration::from_secs(62))[0].stale,
             "a heartbeat refreshes"
         );
+    }
+
+    #[test]
+    fn stored_pods_round_trip() {
+        let mut names = Interner::default();
+        let vuid = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+        for target in [
+            format!("/var/lib/loft/vc/kubelet/pods/{vuid}"),
+            "/elsewhere/x".into(),
+            String::new(),
+        ] {
+            let p = PodState {
+                virtual_uid: vuid.into(),
+                mounts: vec![MountState {
+                    layout: "loft".into(),
+                    target: target.clone(),
+                    phase: 2,
+                    reason: "why".into(),
+                }],
+                ..pod("u1")
+            };
+            let (uid, stored) = StoredPod::new(p.clone(), &mut names);
+            assert_eq!(stored.to_proto(&uid), p, "{target:?}");
+        }
     }
 
     #[test]

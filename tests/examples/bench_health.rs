@@ -56,7 +56,11 @@ fn pod(i: usize, vc: &VCluster, control_plane: bool, ready: bool) -> PodState {
         } else {
             vec![MountState {
                 layout: "loft".into(),
-                target: String::new(),
+                // As a real agent reports it.
+                target: format!(
+                    "/var/lib/loft/{}/kubelet/pods/{i:08}-1111-4111-8111-111111111111",
+                    vc.name
+                ),
                 phase: MountPhase::Mounted as i32,
                 reason: String::new(),
             }]
