@@ -13,7 +13,8 @@
 //! * a new bind is made a slave (`MS_SLAVE | MS_REC`): volumes kubelet mounts later inside the
 //!   pod directory appear (and vanish) in the copy, while nothing mounted inside the copy can
 //!   propagate back into kubelet's tree;
-//! * unmounts are lazy (`MNT_DETACH`) and never follow a final symlink (`UMOUNT_NOFOLLOW`).
+//! * unmounts are lazy (`MNT_DETACH`) and made through a descriptor opened without following
+//!   any symlink, so no path component can be swapped between the check and the unmount.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -184,10 +185,14 @@ impl Kernel for LinuxKernel {
 
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {
         let path = target.path();
-        // Refuse a symlink anywhere on the way before touching anything.
-        open_target(target, false)?;
-        nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+        // Open the mount without following any symlink, then unmount *through that file
+        // descriptor*: a directory swapped for a symlink after the check cannot redirect the
+        // unmount to another mount. (The magic link must be followed, so no UMOUNT_NOFOLLOW;
+        // a lazy detach is not blocked by the descriptor we hold.)
+        let mounted = open_target(target, false)?;
+        nix::mount::umount2(&fd_path(&mounted), MntFlags::MNT_DETACH)
             .map_err(sys("umount", &path))?;
+        drop(mounted);
         let parent = open_target(&target.parent(), false)?;
         let name = target
             .components

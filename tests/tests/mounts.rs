@@ -236,6 +236,19 @@ fn symlinks_under_our_roots_are_refused_never_followed() {
     let err = k.bind(&src, &node.target("ok")).unwrap_err();
     assert!(matches!(err, KernelError::Symlink { .. }), "{err}");
 
+    // Unmount through a symlinked component is refused, and the mount it points at stays.
+    let real = node.target("real");
+    k.bind(&node.source(), &real).unwrap();
+    std::os::unix::fs::symlink(node.loft.join("real"), node.loft.join("alias")).unwrap();
+    let err = k.unmount(&node.target("alias")).unwrap_err();
+    assert!(matches!(err, KernelError::Symlink { .. }), "{err}");
+    assert!(
+        node.table().at(&real.path()).is_some(),
+        "the real mount is untouched"
+    );
+    k.unmount(&real).unwrap();
+    assert!(node.table().at(&real.path()).is_none());
+
     assert!(
         node.mounts_under(&node.loft).is_empty(),
         "no mount was made anywhere under the loft root"
