@@ -25,11 +25,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -468,6 +469,13 @@ impl HealthController {
         }
         tracing::info!(pod_source = ?self.pod_source, "health controller: watches synced");
 
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: "fleetmirror-aggregator".into(),
+                instance: None,
+            },
+        );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = true;
@@ -480,7 +488,7 @@ impl HealthController {
                 self.publish_scores(&facts);
                 if *self.leader.borrow() {
                     for vch in vchs.state() {
-                        self.reconcile(&vch, &facts, dirty).await;
+                        self.reconcile(&vch, &facts, &recorder).await;
                     }
                 }
                 self.metrics
@@ -666,7 +674,7 @@ impl HealthController {
         self.metrics.set_scores(&by_score);
     }
 
-    async fn reconcile(&self, vch: &VClusterHealth, facts: &Facts, changed_inputs: bool) {
+    async fn reconcile(&self, vch: &VClusterHealth, facts: &Facts, recorder: &Recorder) {
         let now = Time(Timestamp::now());
         let desired = desired_status(vch, facts, self.pod_source, &now);
         let current = vch.status.clone().unwrap_or_default();
@@ -675,7 +683,6 @@ impl HealthController {
         if !changed && !heartbeat {
             return;
         }
-        let _ = changed_inputs;
         let ns = vch.namespace().unwrap_or_default();
         let name = vch.name_any();
         let patch = serde_json::json!({
@@ -697,11 +704,112 @@ impl HealthController {
                     .status_write(if changed { "changed" } else { "heartbeat" });
                 if changed {
                     tracing::info!(vclusterhealth = %format!("{ns}/{name}"), total = desired.summary.as_ref().map(|s| s.total), "status updated");
+                    self.publish_events(vch, &current, &desired, recorder).await;
                 }
             }
             Err(error) => {
                 self.metrics.status_write("error");
                 tracing::warn!(vclusterhealth = %format!("{ns}/{name}"), %error, "writing status failed; retrying on the next pass");
+            }
+        }
+    }
+}
+
+/// The Kubernetes Events one status change deserves: a vCluster whose level changed (Warning
+/// when it got worse), and a spec that became invalid. At most [`MAX_EVENTS`] per write, so a
+/// fleet-wide outage is one short burst, not a storm.
+fn events_for(current: &VClusterHealthStatus, desired: &VClusterHealthStatus) -> Vec<Event> {
+    let mut out = Vec::new();
+    let reason_of = |s: &VClusterHealthStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    };
+    if reason_of(desired) == "InvalidSpec" && reason_of(current) != "InvalidSpec" {
+        let note = desired
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.clone());
+        out.push(Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note,
+            action: "Score".into(),
+            secondary: None,
+        });
+    }
+    if current.last_updated.is_none() {
+        return out; // the first status: nothing changed level yet
+    }
+    let old: HashMap<(&str, &str), &crate::crd::SyncCoverage> = current
+        .sync_coverage
+        .iter()
+        .map(|c| ((c.namespace.as_str(), c.cluster_name.as_str()), c))
+        .collect();
+    let changes: Vec<_> = desired
+        .sync_coverage
+        .iter()
+        .filter_map(|c| {
+            let o = old.get(&(c.namespace.as_str(), c.cluster_name.as_str()))?;
+            (o.level != c.level).then_some((o, c))
+        })
+        .collect();
+    for (o, c) in changes.iter().take(MAX_EVENTS) {
+        let worse = c.score < o.score;
+        let why = if c.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", c.message)
+        };
+        let note = format!(
+            "{}/{}: {} -> {} ({} -> {}){why}",
+            c.namespace, c.cluster_name, o.level, c.level, o.score, c.score
+        );
+        out.push(Event {
+            type_: if worse {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: "LevelChanged".into(),
+            note: Some(fleetmirror_core::pod::truncate(&note)),
+            action: "Score".into(),
+            secondary: None,
+        });
+    }
+    if changes.len() > MAX_EVENTS {
+        out.push(Event {
+            type_: EventType::Warning,
+            reason: "LevelChanged".into(),
+            note: Some(format!(
+                "… and {} more vClusters changed level",
+                changes.len() - MAX_EVENTS
+            )),
+            action: "Score".into(),
+            secondary: None,
+        });
+    }
+    out
+}
+
+/// Events per status write at most.
+const MAX_EVENTS: usize = 10;
+
+impl HealthController {
+    async fn publish_events(
+        &self,
+        vch: &VClusterHealth,
+        current: &VClusterHealthStatus,
+        desired: &VClusterHealthStatus,
+        recorder: &Recorder,
+    ) {
+        let reference = vch.object_ref(&());
+        for event in events_for(current, desired) {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(vclusterhealth = %vch.name_any(), %error, "publishing an Event failed");
             }
         }
     }

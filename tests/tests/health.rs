@@ -20,8 +20,18 @@ use kube::api::{Api, DeleteParams, PostParams};
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn create_fleet(client: &kube::Client, ns: &str, target: &str, interval: i64) {
+    create_fleet_named(client, ns, "fleet", target, interval).await
+}
+
+async fn create_fleet_named(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    target: &str,
+    interval: i64,
+) {
     let vch = VClusterHealth::new(
-        "fleet",
+        name,
         fleetmirror_aggregator::crd::VClusterHealthSpec {
             namespace: Some(target.into()),
             interval_seconds: Some(interval),
@@ -267,6 +277,49 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
     .unwrap();
     let c = wait_signals(&client, "default", &ns1, "full", [false; 6]).await;
     assert_eq!((c.score, c.level.as_str()), (0, "None"));
+
+    // Level changes are Kubernetes Events on the VClusterHealth (Warning when worse).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "default");
+    let level_event = eventually(WAIT, "a LevelChanged Event for full", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("LevelChanged")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("fleet")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("/full: Full -> Partial"))
+        })
+    })
+    .await;
+    assert_eq!(level_event.type_.as_deref(), Some("Warning"));
+
+    // A hostile spec: a clear condition and a Warning Event, and nothing else breaks.
+    create_fleet_named(&client, "default", "broken", "Bad/Namespace", 1).await;
+    eventually(WAIT, "Ready=False InvalidSpec", || async {
+        let vch = Api::<VClusterHealth>::namespaced(client.clone(), "default")
+            .get("broken")
+            .await
+            .ok()?;
+        let c = vch
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.status == "False" && c.reason == "InvalidSpec").then_some(())
+    })
+    .await;
+    eventually(WAIT, "an InvalidSpec Event", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidSpec") && e.type_.as_deref() == Some("Warning")
+        })
+    })
+    .await;
+    // (Only `fleet` may heartbeat below.)
+    Api::<VClusterHealth>::namespaced(client.clone(), "default")
+        .delete("broken", &Default::default())
+        .await
+        .unwrap();
 
     // Nothing changes for 10 intervals (1 s each): only heartbeat writes, one per interval.
     tokio::time::sleep(Duration::from_secs(2)).await;
