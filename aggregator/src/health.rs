@@ -209,6 +209,7 @@ fn condition(
 fn desired_status(
     vch: &VClusterHealth,
     facts: &Facts,
+    fleet: &[Scored],
     pod_source: PodSource,
     now: &Time,
 ) -> VClusterHealthStatus {
@@ -240,8 +241,12 @@ fn desired_status(
             ..Default::default()
         };
     }
+    // The fleet is scored once per recompute; each object takes its selection of it.
     let selection = Selection::from_spec(vch.spec.namespace.as_deref());
-    let scored = score_all(facts, &selection);
+    let scored: Vec<&Scored> = fleet
+        .iter()
+        .filter(|s| selection.matches(&s.key.namespace))
+        .collect();
     let mut summary = Summary {
         total: scored.len() as i32,
         lowest_score: 100,
@@ -485,10 +490,11 @@ impl HealthController {
             if dirty || due {
                 let started = Instant::now();
                 let facts = self.collect(&sts, &deploys, &services, &pod_stores);
-                self.publish_scores(&facts);
+                let fleet = score_all(&facts, &Selection::All);
+                self.publish_scores(&fleet);
                 if *self.leader.borrow() {
                     for vch in vchs.state() {
-                        self.reconcile(&vch, &facts, &recorder).await;
+                        self.reconcile(&vch, &facts, &fleet, &recorder).await;
                     }
                 }
                 self.metrics
@@ -618,12 +624,11 @@ impl HealthController {
         facts
     }
 
-    fn publish_scores(&self, facts: &Facts) {
-        let scored = score_all(facts, &Selection::All);
+    fn publish_scores(&self, scored: &[Scored]) {
         let mut by_level: BTreeMap<&'static str, i64> = BTreeMap::new();
         let mut by_score: BTreeMap<i32, i64> = BTreeMap::new();
         let scores = scored
-            .into_iter()
+            .iter()
             .map(|s| {
                 *by_level.entry(s.signals.level().as_str()).or_default() += 1;
                 *by_score.entry(s.signals.score()).or_default() += 1;
@@ -648,7 +653,7 @@ impl HealthController {
                     pods_stale: s.stale,
                     message: s.signals.message(),
                 };
-                ((s.key.namespace, s.key.name), summary)
+                ((s.key.namespace.clone(), s.key.name.clone()), summary)
             })
             .collect::<BTreeMap<_, _>>();
         // Keep last_change of vClusters whose score did not change.
@@ -674,9 +679,15 @@ impl HealthController {
         self.metrics.set_scores(&by_score);
     }
 
-    async fn reconcile(&self, vch: &VClusterHealth, facts: &Facts, recorder: &Recorder) {
+    async fn reconcile(
+        &self,
+        vch: &VClusterHealth,
+        facts: &Facts,
+        fleet: &[Scored],
+        recorder: &Recorder,
+    ) {
         let now = Time(Timestamp::now());
-        let desired = desired_status(vch, facts, self.pod_source, &now);
+        let desired = desired_status(vch, facts, fleet, self.pod_source, &now);
         let current = vch.status.clone().unwrap_or_default();
         let changed = without_times(&desired) != without_times(&current);
         let heartbeat = self.due(vch, now.0);

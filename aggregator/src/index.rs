@@ -522,15 +522,6 @@ impl FleetIndex {
         })
     }
 
-    /// Number of nodes with an open Report stream.
-    pub fn connected_nodes(&self) -> usize {
-        self.read()
-            .nodes
-            .values()
-            .filter(|e| e.owner.is_some())
-            .count()
-    }
-
     fn is_stale(&self, entry: &NodeEntry, now: SystemTime) -> bool {
         now.duration_since(entry.last_report).unwrap_or_default() > self.stale_after
     }
