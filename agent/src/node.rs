@@ -25,7 +25,7 @@ use fleetmirror_core::plan::{
 };
 use fleetmirror_core::pod::{PodClass, PodMeta, classify};
 use fleetmirror_proto::v1::{MountPhase, MountState, PodState};
-use fleetmirror_runtime::watch::watch_store;
+use fleetmirror_runtime::watch::{trim_meta, trim_pod, watch_store};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -453,6 +453,7 @@ pub async fn run<K: Kernel + 'static>(
     let pods = watch_store(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
+        trim_pod,
         &trigger,
         "pods",
         &shutdown,
@@ -466,6 +467,7 @@ pub async fn run<K: Kernel + 'static>(
     let sts = watch_store(
         Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
         watcher::Config::default().labels(&selector),
+        trim_meta,
         &trigger,
         "statefulsets",
         &shutdown,
@@ -473,6 +475,7 @@ pub async fn run<K: Kernel + 'static>(
     let deploys = watch_store(
         Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
         watcher::Config::default().labels(&selector),
+        trim_meta,
         &trigger,
         "deployments",
         &shutdown,

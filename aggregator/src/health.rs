@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fleetmirror_core::health::{self, PodFact, Selection, ServiceFact, VClusterKey, Workload};
 use fleetmirror_proto::v1::VClusterSummary;
-use fleetmirror_runtime::watch::watch_store;
+use fleetmirror_runtime::watch::{
+    trim_managed_fields, trim_meta, trim_pod, trim_service, watch_store,
+};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -142,7 +144,7 @@ fn score_all(facts: &Facts, selection: &Selection) -> Vec<Scored> {
     }
     let mut pods: HashMap<&str, Vec<&PodFact>> = HashMap::new();
     for p in &facts.pods {
-        pods.entry(p.namespace.as_str()).or_default().push(p);
+        pods.entry(&*p.namespace).or_default().push(p);
     }
     keys.into_iter()
         .map(|key| {
@@ -402,6 +404,7 @@ impl HealthController {
         let sts = watch_store(
             Api::<PartialObjectMeta<StatefulSet>>::all(c.clone()),
             watcher::Config::default().labels(&app),
+            trim_meta,
             &trigger,
             "statefulsets",
             &shutdown,
@@ -409,6 +412,7 @@ impl HealthController {
         let deploys = watch_store(
             Api::<PartialObjectMeta<Deployment>>::all(c.clone()),
             watcher::Config::default().labels(&app),
+            trim_meta,
             &trigger,
             "deployments",
             &shutdown,
@@ -424,6 +428,7 @@ impl HealthController {
                 watch_store(
                     Api::<Service>::all(c.clone()),
                     watcher::Config::default().labels(sel),
+                    trim_service,
                     &trigger,
                     "services",
                     &shutdown,
@@ -433,6 +438,7 @@ impl HealthController {
         let vchs = watch_store(
             Api::<VClusterHealth>::all(c.clone()),
             watcher::Config::default(),
+            trim_managed_fields,
             &trigger,
             "vclusterhealths",
             &shutdown,
@@ -448,6 +454,7 @@ impl HealthController {
                 watch_store(
                     Api::<Pod>::all(c.clone()),
                     watcher::Config::default().labels(sel),
+                    trim_pod,
                     &trigger,
                     "pods",
                     &shutdown,
@@ -577,16 +584,16 @@ impl HealthController {
                 let mut group: Option<Group> = None;
                 facts.pods.reserve(a.pods.len());
                 for p in a.pods {
-                    let same = group
-                        .as_ref()
-                        .is_some_and(|g| g.key.0 == p.fact.namespace && g.key.1 == p.fact.vcluster);
+                    let same = group.as_ref().is_some_and(|g| {
+                        *g.key.0 == *p.fact.namespace && *g.key.1 == *p.fact.vcluster
+                    });
                     if !same {
                         if let Some(g) = group.take() {
                             g.flush(&mut facts);
                         }
                         group = Some(Group::new(
-                            p.fact.namespace.clone(),
-                            p.fact.vcluster.clone(),
+                            p.fact.namespace.to_string(),
+                            p.fact.vcluster.to_string(),
                         ));
                     }
                     let g = group.as_mut().expect("set above");
@@ -614,7 +621,7 @@ impl HealthController {
                     if let Some(fact) = pod_fact_from_api(&pod) {
                         *facts
                             .pods_seen
-                            .entry((fact.namespace.clone(), fact.vcluster.clone()))
+                            .entry((fact.namespace.to_string(), fact.vcluster.to_string()))
                             .or_default() += 1;
                         facts.pods.push(fact);
                     }
@@ -839,21 +846,21 @@ pub fn pod_fact_from_api(pod: &Pod) -> Option<PodFact> {
         && status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let namespace = pod.metadata.namespace.clone()?;
+    let namespace: Arc<str> = pod.metadata.namespace.as_deref()?.into();
     match class {
         PodClass::Synced(s) => Some(PodFact {
             namespace,
-            vcluster: s.vcluster,
+            vcluster: s.vcluster.into(),
             control_plane: false,
             running_ready,
-            virtual_namespace: s.virtual_namespace,
+            virtual_namespace: s.virtual_namespace.into(),
         }),
         PodClass::ControlPlane { vcluster } => Some(PodFact {
             namespace,
-            vcluster,
+            vcluster: vcluster.into(),
             control_plane: true,
             running_ready,
-            virtual_namespace: String::new(),
+            virtual_namespace: "".into(),
         }),
         PodClass::Other => None,
     }

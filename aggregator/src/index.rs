@@ -272,11 +272,11 @@ impl FleetIndex {
             facts.pods.extend(e.pods.values().map(|p| {
                 ReportedPod {
                     fact: fleetmirror_core::health::PodFact {
-                        namespace: p.host_namespace.to_string(),
-                        vcluster: p.vcluster.to_string(),
+                        namespace: p.host_namespace.clone(),
+                        vcluster: p.vcluster.clone(),
                         control_plane: p.control_plane,
                         running_ready: p.ready && &*p.phase == "Running",
-                        virtual_namespace: p.virtual_namespace.to_string(),
+                        virtual_namespace: p.virtual_namespace.clone(),
                     },
                     stale,
                     mounted: p

@@ -10,6 +10,7 @@
 //! phantoms). Names are matched exactly, never by substring.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::naming;
 
@@ -103,15 +104,15 @@ pub struct ServiceFact<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFact {
     /// Host namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// The vCluster it belongs to (label `managed-by`, or `release` for control-plane pods).
-    pub vcluster: String,
+    pub vcluster: Arc<str>,
     /// A control-plane pod (`app=vcluster`, `release=<vcluster>`).
     pub control_plane: bool,
     /// Phase Running and condition Ready.
     pub running_ready: bool,
     /// The virtual namespace of a synced pod ("" when unknown).
-    pub virtual_namespace: String,
+    pub virtual_namespace: Arc<str>,
 }
 
 /// The six signals of one vCluster.
@@ -247,11 +248,11 @@ pub fn signals<'a>(
     }
     for p in pods
         .into_iter()
-        .filter(|p| p.namespace == vc.namespace && p.vcluster == vc.name)
+        .filter(|p| *p.namespace == *vc.namespace && *p.vcluster == *vc.name)
     {
         if p.control_plane {
             s.control_plane_ready |= p.running_ready;
-        } else if p.virtual_namespace == "kube-system" {
+        } else if &*p.virtual_namespace == "kube-system" {
             s.system_workload_sync = true;
         } else {
             s.tenant_workload_sync = true;

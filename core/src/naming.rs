@@ -31,6 +31,22 @@ pub const APP_VCLUSTER: &str = "vcluster";
 /// Label of control-plane objects naming their vCluster.
 pub const LABEL_RELEASE: &str = "release";
 
+/// Every label and annotation key fleetmirror reads. The watch stores keep only these, so a
+/// tenant's labels (or a 256 KiB annotation) on a synced object cost no memory here.
+pub const KEYS_READ: &[&str] = &[
+    LABEL_MANAGED_BY,
+    LABEL_BELONGS_TO,
+    LABEL_NAMESPACE,
+    ANNOTATION_UID,
+    ANNOTATION_OBJECT_UID,
+    ANNOTATION_NAME,
+    ANNOTATION_OBJECT_NAME,
+    ANNOTATION_NAMESPACE,
+    ANNOTATION_OBJECT_NAMESPACE,
+    LABEL_APP,
+    LABEL_RELEASE,
+];
+
 /// The longest name vCluster lets through unhashed (a DNS-1123 label).
 const MAX_NAME_LEN: usize = 63;
 

@@ -1,10 +1,21 @@
 //! Watches as triggers: a reflector keeps a store current, and every event (or relist) only
 //! notifies a level-based loop that re-reads the stores. Errors are logged and retried with
 //! kube-runtime's default backoff; they never end the process.
+//!
+//! Stores keep only what fleetmirror reads: every object is trimmed as it arrives (no
+//! `managedFields`, only the label and annotation keys of [`KEYS_READ`], and for pods and
+//! Services only the few spec and status fields used). On a real cluster `managedFields` alone
+//! is most of an object, and a tenant controls the labels and annotations of what vCluster
+//! syncs, so untrimmed stores would grow with what tenants write, not with the fleet.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fleetmirror_core::naming::KEYS_READ;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+};
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -13,10 +24,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Starts a reflector for `api` with `config`: returns its store, and notifies `trigger` on
-/// every event until `shutdown`. `what` names the watch in log lines.
+/// every event until `shutdown`. Each object is passed through `trim` before it is stored.
+/// `what` names the watch in log lines.
 pub fn watch_store<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
     trigger: &Arc<Notify>,
     what: &'static str,
     shutdown: &CancellationToken,
@@ -26,7 +39,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(trim)).default_backoff();
     let (trigger, shutdown) = (trigger.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -42,4 +55,181 @@ where
         }
     });
     store
+}
+
+fn retain_read_keys(map: &mut Option<BTreeMap<String, String>>) {
+    if let Some(m) = map {
+        m.retain(|k, _| KEYS_READ.contains(&k.as_str()));
+    }
+}
+
+/// Keeps of an object's metadata what fleetmirror reads: identity, creation time, generation,
+/// and the labels and annotations of [`KEYS_READ`].
+pub fn trim_meta<K: Resource>(o: &mut K) {
+    let m = o.meta_mut();
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    retain_read_keys(&mut m.labels);
+    retain_read_keys(&mut m.annotations);
+}
+
+/// Keeps of an object's metadata everything but `managedFields` (for our own objects, whose
+/// every field is read).
+pub fn trim_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// A pod as fleetmirror reads it: [`trim_meta`], `spec.nodeName`, `status.phase` and the
+/// status of the `Ready` condition.
+pub fn trim_pod(p: &mut Pod) {
+    trim_meta(p);
+    p.spec = p.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        ..Default::default()
+    });
+    p.status = p.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions.map(|c| {
+            c.into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}
+
+/// A Service as fleetmirror reads it: [`trim_meta`], `spec.clusterIP` and the port numbers.
+pub fn trim_service(s: &mut Service) {
+    trim_meta(s);
+    s.status = None;
+    s.spec = s.spec.take().map(|spec| ServiceSpec {
+        cluster_ip: spec.cluster_ip,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    use kube::api::ObjectMeta;
+
+    fn meta() -> ObjectMeta {
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        ObjectMeta {
+            name: Some("vc".into()),
+            namespace: Some("team".into()),
+            uid: Some("u".into()),
+            labels: map(&[("app", "vcluster"), ("tenant-label", "x")]),
+            annotations: map(&[
+                ("vcluster.loft.sh/object-name", "kube-dns"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{…}"),
+            ]),
+            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_keep_what_scoring_reads() {
+        let mut s = Service {
+            metadata: meta(),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                ports: Some(vec![ServicePort {
+                    port: 443,
+                    name: Some("https".into()),
+                    ..Default::default()
+                }]),
+                selector: Some(BTreeMap::from([("a".into(), "b".into())])),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        trim_service(&mut s);
+        let m = &s.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.uid.as_deref()),
+            (Some("vc"), Some("u"))
+        );
+        assert!(m.managed_fields.is_none());
+        assert_eq!(
+            m.labels.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["app"]
+        );
+        assert_eq!(
+            m.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["vcluster.loft.sh/object-name"]
+        );
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.ports.unwrap()[0].port, 443);
+        assert!(spec.selector.is_none() && s.status.is_none());
+    }
+
+    #[test]
+    fn pods_keep_node_phase_and_readiness() {
+        let mut p = Pod {
+            metadata: meta(),
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                containers: vec![Default::default()],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![
+                    PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        message: Some("m".into()),
+                        ..Default::default()
+                    },
+                    PodCondition {
+                        type_: "Initialized".into(),
+                        status: "True".into(),
+                        ..Default::default()
+                    },
+                ]),
+                host_ip: Some("10.0.0.1".into()),
+                ..Default::default()
+            }),
+        };
+        trim_pod(&mut p);
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.containers.is_empty());
+        let status = p.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let c = status.conditions.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].type_.as_str(), c[0].status.as_str()),
+            ("Ready", "True")
+        );
+        assert!(c[0].message.is_none() && status.host_ip.is_none());
+        assert!(p.metadata.managed_fields.is_none());
+    }
 }
