@@ -8,11 +8,12 @@
 //! agents' reports in the [`FleetIndex`] by default, or with `--pod-source=api` from a
 //! label-filtered pod watch. The aggregator never lists all pods or all Services.
 //!
-//! Freshness: any change of an input triggers a recompute (debounced 100 ms); a 1 s tick
-//! checks each object's `intervalSeconds`. A status is written only when it changed
-//! (timestamps aside) or `intervalSeconds` passed since `lastUpdated` (the heartbeat), so a
-//! fleet where nothing changes costs one write per object per interval. Only the leader
-//! writes; every replica scores, so Diagnostics answers on the leader.
+//! Freshness: any change of an input triggers a recompute (debounced 100 ms), and so does a
+//! node's agent going silent past `--agent-stale-after` (the loop sleeps until the next such
+//! deadline); a 1 s tick checks each object's `intervalSeconds`. A status is written only
+//! when it changed (timestamps aside) or `intervalSeconds` passed since `lastUpdated` (the
+//! heartbeat), so a fleet where nothing changes costs one write per object per interval.
+//! Only the leader writes; every replica scores, so Diagnostics answers on the leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -509,8 +510,21 @@ impl HealthController {
                     .observe(started.elapsed().as_secs_f64());
                 dirty = false;
             }
+            // A node turning stale changes scores (podsStale, AgentsReporting) without any
+            // event: wake up when the next one would.
+            let stale_in = self
+                .index
+                .next_stale_at(SystemTime::now())
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+            let turns_stale = async {
+                match stale_in {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = trigger.notified() => { tokio::time::sleep(DEBOUNCE).await; dirty = true; }
+                _ = turns_stale => dirty = true,
                 _ = self.index.changed() => { tokio::time::sleep(DEBOUNCE).await; dirty = true; }
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return Ok(()),

@@ -391,14 +391,23 @@ impl FleetIndex {
         report: NodeReport,
         now: SystemTime,
     ) -> Result<(), ApplyError> {
-        // Heartbeats (empty deltas) change nothing a score depends on; the health controller's
-        // interval pass notices staleness changes.
+        // Heartbeats (empty deltas) change nothing a score depends on, unless they bring a
+        // stale node back; the health controller wakes up on its own when a node turns stale
+        // (see `next_stale_at`).
         let content = match &report.body {
             Some(Body::Delta(d)) => !d.upserted.is_empty() || !d.removed_host_uids.is_empty(),
             _ => true,
         };
+        let was_stale = {
+            let inner = self.read();
+            inner
+                .sessions
+                .get(&session)
+                .and_then(|node| inner.nodes.get(node))
+                .is_some_and(|e| self.is_stale(e, now))
+        };
         let result = self.apply_inner(session, report, now);
-        if result.is_ok() && content {
+        if result.is_ok() && (content || was_stale) {
             self.changed.notify_one();
         }
         result
@@ -520,6 +529,17 @@ impl FleetIndex {
             summary: Some(self.summary(name, entry, now)),
             pods,
         })
+    }
+
+    /// When the next node that is fresh at `now` turns stale, if it stays silent.
+    pub fn next_stale_at(&self, now: SystemTime) -> Option<SystemTime> {
+        self.read()
+            .nodes
+            .values()
+            .filter(|e| !self.is_stale(e, now))
+            // `is_stale` is strict: one millisecond past the grace period.
+            .map(|e| e.last_report + self.stale_after + Duration::from_millis(1))
+            .min()
     }
 
     fn is_stale(&self, entry: &NodeEntry, now: SystemTime) -> bool {
@@ -746,6 +766,25 @@ mod tests {
             !idx.list_nodes(T0 + Duration::from_secs(62))[0].stale,
             "a heartbeat refreshes"
         );
+    }
+
+    #[test]
+    fn next_stale_deadline_is_the_first_fresh_node_to_go_silent() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        assert_eq!(idx.next_stale_at(T0), None, "no nodes, nothing to wait for");
+        let (a, b) = (idx.open_session(), idx.open_session());
+        idx.apply(a, snapshot("n1", 1, vec![]), T0).unwrap();
+        let t10 = T0 + Duration::from_secs(10);
+        idx.apply(b, snapshot("n2", 1, vec![]), t10).unwrap();
+        let n1_stale = T0 + Duration::from_millis(60_001);
+        assert_eq!(idx.next_stale_at(t10), Some(n1_stale));
+        assert!(idx.list_nodes(n1_stale)[0].stale, "stale at the deadline");
+        // Once n1 is stale, the next deadline is n2's; after both, none.
+        assert_eq!(
+            idx.next_stale_at(n1_stale),
+            Some(t10 + Duration::from_millis(60_001))
+        );
+        assert_eq!(idx.next_stale_at(T0 + Duration::from_secs(200)), None);
     }
 
     #[test]

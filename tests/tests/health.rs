@@ -392,7 +392,9 @@ async fn agent_reports_give_the_same_signals_as_the_api_and_silence_is_flagged()
     let mut api_cfg = AggregatorConfig::new(&lease_ns);
     api_cfg.extra_args.push("--pod-source=api".into());
     let api_agg = Aggregator::start(&cp, 0, api_cfg);
-    create_fleet(&client, &ns, &ns, 1).await;
+    // An interval far beyond the test: every status below comes from an event, or (the stale
+    // agent) from the deadline the controller schedules, never from a heartbeat.
+    create_fleet(&client, &ns, &ns, 3600).await;
 
     // No agent yet: AgentsReporting=False, pod signals false.
     eventually(WAIT, "AgentsReporting=False without agents", || async {
