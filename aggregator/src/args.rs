@@ -41,7 +41,9 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,
 
-    /// This replica's identity in the Lease. Default: the host name (the pod name in a pod).
+    /// This replica's pod name: its identity in the Lease, and the pod (in --namespace) the
+    /// leader labels fleetmirror.io/leader=true so the Service routes agents and grpcurl to
+    /// it. Default: the host name plus a random suffix (no pod is labelled).
     #[arg(long, env = "FLEETMIRROR_POD_NAME")]
     pub identity: Option<String>,
 

@@ -24,14 +24,38 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::args::PodSource;
 use crate::auth::{AgentIdentity, Authenticator};
 use crate::index::FleetIndex;
 use crate::metrics::{KindLabel, Metrics};
 
 /// The Diagnostics service.
+///
+/// A standby replica has no agent reports (agents stream to the leader only), so it refuses
+/// what it cannot know with UNAVAILABLE instead of answering from an empty index: node
+/// queries always, vCluster queries unless pod facts come from the API (`--pod-source=api`),
+/// where every replica scores from the same watches. The Service routes to the leader
+/// ([`crate::leader::LEADER_LABEL`]), so this is only seen through a port-forward to a
+/// standby pod.
 #[derive(Debug, Clone)]
 pub struct DiagnosticsService {
     index: Arc<FleetIndex>,
+    leader: watch::Receiver<bool>,
+    pod_source: PodSource,
+}
+
+impl DiagnosticsService {
+    fn refuse_on_standby(&self, nodes: bool) -> Result<(), Status> {
+        if *self.leader.borrow() || (!nodes && self.pod_source == PodSource::Api) {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "this aggregator replica is a standby and has no agent reports; ask the leader: \
+             the {} Service routes to it, or port-forward to the pod that holds the Lease {}",
+            crate::leader::LEASE_NAME,
+            crate::leader::LEASE_NAME
+        )))
+    }
 }
 
 fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
@@ -59,6 +83,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<ListVClustersRequest>,
     ) -> Result<Response<ListVClustersResponse>, Status> {
+        self.refuse_on_standby(false)?;
         let ns = request.into_inner().namespace;
         if !ns.is_empty() {
             require_label("namespace", &ns)?;
@@ -73,6 +98,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetVClusterRequest>,
     ) -> Result<Response<VClusterDetail>, Status> {
+        self.refuse_on_standby(false)?;
         let r = request.into_inner();
         let ns = require_label("namespace", &r.namespace)?;
         let name = require_label("name", &r.name)?;
@@ -86,6 +112,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         _request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        self.refuse_on_standby(true)?;
         Ok(Response::new(ListNodesResponse {
             nodes: self.index.list_nodes(SystemTime::now()),
         }))
@@ -95,6 +122,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<NodeDetail>, Status> {
+        self.refuse_on_standby(true)?;
         let r = request.into_inner();
         let name = require("name", &r.name)?;
         self.index
@@ -254,6 +282,8 @@ pub struct GrpcServer {
     pub index: Arc<FleetIndex>,
     /// `true` while this replica leads.
     pub leader: watch::Receiver<bool>,
+    /// Where pod facts come from (what a standby can answer).
+    pub pod_source: PodSource,
     /// Metrics.
     pub metrics: Metrics,
     /// Marked ready once the port is bound.
@@ -287,6 +317,8 @@ impl GrpcServer {
         self.ready.set(true);
         let diagnostics = DiagnosticsService {
             index: self.index.clone(),
+            leader: self.leader.clone(),
+            pod_source: self.pod_source,
         };
         let agents = AgentReportService {
             auth: self.auth,

@@ -1,8 +1,9 @@
 //! Leader election on the `coordination.k8s.io/v1` Lease `fleetmirror-aggregator`.
 //!
 //! Only the leader writes to the API and accepts agent reports; standbys keep serving gRPC
-//! (health, reflection) and refuse agent streams with UNAVAILABLE, so agents reconnect until
-//! the Service hands them to the leader.
+//! (health, reflection) and refuse agent streams with UNAVAILABLE. The leader labels its own
+//! pod [`LEADER_LABEL`]`=true` and the Service selects that label, so agents and grpcurl are
+//! routed to the leader; an agent that still reaches a standby reconnects.
 //!
 //! The algorithm is client-go's: every `retry` the candidate reads the Lease; it takes it when
 //! it is free (no holder) or expired (`renewTime + leaseDurationSeconds` has passed), and the
@@ -186,6 +187,75 @@ impl LeaderElector {
             .replace(LEASE_NAME, &PostParams::default(), &lease)
             .await
             .map(|_| ())
+    }
+}
+
+/// The label the leader puts on its own pod. The `fleetmirror-aggregator` Service selects it,
+/// so agents and grpcurl reach the leader, never a standby (which refuses agent streams and
+/// has no agent reports to answer Diagnostics from).
+pub const LEADER_LABEL: &str = "fleetmirror.io/leader";
+
+/// Keeps [`LEADER_LABEL`] on pod `pod` in `namespace` in step with `leader`: set while this
+/// replica leads, removed when it steps down and on shutdown. A pod that does not exist (the
+/// aggregator runs outside a pod) turns this off with one log line; other errors are retried.
+pub async fn label_own_pod(
+    client: kube::Client,
+    namespace: &str,
+    pod: &str,
+    mut leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<Pod>::namespaced(client, namespace);
+    let patch = |on: bool| {
+        let value = if on {
+            serde_json::json!("true")
+        } else {
+            serde_json::Value::Null
+        };
+        Patch::Merge(serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}}))
+    };
+    // What the pod carries, as far as we know: unknown at start (a restarted leader's label
+    // may still be there), so the first state is always written.
+    let mut applied: Option<bool> = None;
+    loop {
+        let want = *leader.borrow_and_update();
+        if applied != Some(want) {
+            match api.patch(pod, &PatchParams::default(), &patch(want)).await {
+                Ok(_) => {
+                    tracing::info!(%pod, leader = want, "leader label {}", if want { "set" } else { "removed" });
+                    applied = Some(want);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tracing::info!(%pod, %namespace, "no such pod: not labelling the leader (outside a pod, the Service cannot route by it anyway)");
+                    // Ending early would read as a failed task: wait for shutdown instead.
+                    shutdown.cancelled().await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%pod, %error, "cannot update the leader label on this pod; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = leader.changed() => if r.is_err() { break },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if applied != Some(false) {
+        let removed = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            api.patch(pod, &PatchParams::default(), &patch(false)),
+        )
+        .await;
+        if !matches!(removed, Ok(Ok(_))) {
+            tracing::warn!(%pod, "could not remove the leader label on the way out");
+        }
     }
 }
 

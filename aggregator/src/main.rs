@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             addr: grpc_addr,
             index: index.clone(),
             leader: leader_rx.clone(),
+            pod_source: args.pod_source,
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
         };
@@ -99,6 +100,19 @@ async fn main() -> anyhow::Result<()> {
                 "health controller",
                 controller.run(token).await.map_err(Into::into),
             )
+        });
+    }
+    if let Some(pod) = args.identity.clone() {
+        let (client, namespace, rx, token) = (
+            client.clone(),
+            namespace.clone(),
+            leader_rx.clone(),
+            token.clone(),
+        );
+        tasks.spawn(async move {
+            fleetmirror_aggregator::leader::label_own_pod(client, &namespace, &pod, rx, token)
+                .await;
+            ("leader label", Ok(()))
         });
     }
     if args.leader_elect {
