@@ -208,6 +208,71 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
         ("full", 443)
     );
 
+    // Several fleets, each with its own selection: one namespace, and the default ("" is
+    // namespace `vcluster`), beside the "*" fleet.
+    let vcluster_ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vcluster".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &vcluster_ns)
+        .await
+        .unwrap();
+    create(&client, &VCluster::new("vcluster", "solo").statefulset()).await;
+    create_fleet_named(&client, "default", "team-b", &ns2, 3600).await;
+    create_fleet_named(&client, "default", "unset", "", 3600).await;
+    let selected = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let s = Api::<VClusterHealth>::namespaced(client, "default")
+                .get(name)
+                .await
+                .ok()?
+                .status?;
+            let mut v: Vec<String> = s
+                .sync_coverage
+                .iter()
+                .map(|c| format!("{}/{}", c.namespace, c.cluster_name))
+                .collect();
+            v.sort();
+            (s.summary?.total as usize == v.len()).then_some(v)
+        }
+    };
+    let team_b = eventually(WAIT, "the team-b fleet", || async {
+        selected("team-b").await.filter(|v| !v.is_empty())
+    })
+    .await;
+    assert_eq!(
+        team_b,
+        ["dup", "vc", "vc-prod"].map(|n| format!("{ns2}/{n}")),
+        "only team-b's vClusters"
+    );
+    eventually(WAIT, "the default-selection fleet", || async {
+        selected("unset")
+            .await
+            .filter(|v| v == &["vcluster/solo".to_string()])
+    })
+    .await;
+    eventually(
+        WAIT,
+        "the \"*\" fleet sees the new vCluster too",
+        || async {
+            selected("fleet")
+                .await
+                .filter(|v| v.contains(&"vcluster/solo".to_string()) && v.len() == cov.len() + 1)
+        },
+    )
+    .await;
+    for name in ["team-b", "unset"] {
+        Api::<VClusterHealth>::namespaced(client.clone(), "default")
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
+
     // Diagnostics answers from the same scores.
     let mut diag = DiagnosticsClient::new(fleetmirror_tests::channel(&agg.grpc_url()).await);
     let list: Vec<VClusterSummary> = diag
