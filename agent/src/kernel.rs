@@ -10,9 +10,11 @@
 //!   (`ELOOP`), never followed;
 //! * mounts are made *through the opened file descriptors* (`/proc/self/fd/N`), so swapping a
 //!   directory for a symlink between the check and the mount cannot redirect the mount;
-//! * a new bind is made a slave (`MS_SLAVE | MS_REC`): volumes kubelet mounts later inside the
-//!   pod directory appear (and vanish) in the copy, while nothing mounted inside the copy can
-//!   propagate back into kubelet's tree;
+//! * a new bind is made a slave (`MS_SLAVE | MS_REC`) *before* it is attached (`open_tree`,
+//!   `mount_setattr`, `move_mount`; see [`crate::mountapi`]): volumes kubelet mounts later
+//!   inside the pod directory appear (and vanish) in the copy and in the host's copies of it,
+//!   while nothing mounted inside any copy can propagate back into kubelet's tree, and a
+//!   failure at any step leaves no mount;
 //! * unmounts are lazy (`MNT_DETACH`) and made through a descriptor opened without following
 //!   any symlink, so no path component can be swapped between the check and the unmount.
 
@@ -163,24 +165,15 @@ impl Kernel for LinuxKernel {
         let src = open_target(source, false)?;
         let dst = open_target(target, true)?;
         let target_path = target.path();
-        nix::mount::mount(
-            Some(&fd_path(&src)),
-            &fd_path(&dst),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys("mount", &target_path))?;
-        // Reopen: the new mount now sits on top of the directory `dst` refers to.
-        let mounted = open_target(target, false)?;
-        nix::mount::mount(
-            None::<&str>,
-            &fd_path(&mounted),
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys("make-slave", &target_path))
+        // Prepared detached, made a slave, then attached: see `mountapi`.
+        match crate::mountapi::clone_tree(&src) {
+            Ok(tree) => {
+                crate::mountapi::make_slave(&tree).map_err(sys("make-slave", &target_path))?;
+                crate::mountapi::attach(tree, &dst).map_err(sys("mount", &target_path))
+            }
+            Err(Errno::ENOSYS) => legacy_bind(&src, &dst, target),
+            Err(e) => Err(sys("open_tree", &source.path())(e)),
+        }
     }
 
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {
@@ -204,6 +197,30 @@ impl Kernel for LinuxKernel {
             Err(e) => Err(sys("rmdir", &path)(e)),
         }
     }
+}
+
+/// Kernels before 5.2 (no `open_tree(2)`): bind, then make the attached copy a slave. On a
+/// shared loft root the copies propagated elsewhere stay peers of the source (see `mountapi`).
+fn legacy_bind(src: &OwnedFd, dst: &OwnedFd, target: &Target) -> Result<(), KernelError> {
+    let target_path = target.path();
+    nix::mount::mount(
+        Some(&fd_path(src)),
+        &fd_path(dst),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("mount", &target_path))?;
+    // Reopen: the new mount now sits on top of the directory `dst` refers to.
+    let mounted = open_target(target, false)?;
+    nix::mount::mount(
+        None::<&str>,
+        &fd_path(&mounted),
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("make-slave", &target_path))
 }
 
 /// A call the [`RecordingKernel`] received.

@@ -15,6 +15,7 @@ pub mod caps;
 pub mod inotify;
 pub mod kernel;
 pub mod metrics;
+mod mountapi;
 pub mod node;
 pub mod reporter;
 pub mod state;

@@ -265,3 +265,94 @@ fn symlinks_under_our_roots_are_refused_never_followed() {
         Err(KernelError::Missing { .. })
     ));
 }
+
+/// Production: /var/lib/loft is mounted Bidirectional, so the agent's loft root is a shared
+/// mount whose peer is the host's /var/lib/loft, and every bind the agent makes is propagated
+/// to the host. The host's copy must be as one-way as the agent's: kubelet's later volumes
+/// reach it, nothing mounted in it reaches kubelet's tree.
+#[test]
+fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
+    if !inside_private_mount_namespace("the_propagated_copy_on_a_shared_loft_root_is_one_way_too") {
+        return;
+    }
+    let node = Node::new();
+    // The loft root made shared, with a peer standing in for the host's view of it.
+    mount(
+        Some(&node.loft),
+        &node.loft,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &node.loft,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    let host_loft = node.base.join("host-loft");
+    std::fs::create_dir_all(&host_loft).unwrap();
+    mount(
+        Some(&node.loft),
+        &host_loft,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+
+    let k = LinuxKernel;
+    let (src, dst) = (node.source(), node.target("vc"));
+    k.bind(&src, &dst).unwrap();
+    let s = src.path();
+    let host_copy = host_loft.join(dst.path().strip_prefix(&node.loft).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(host_copy.join("hello")).unwrap(),
+        "from the pod",
+        "the bind reaches the host's view of the loft root"
+    );
+
+    // A later volume reaches the host's copy.
+    let vol = s.join("volumes/secret");
+    std::fs::create_dir_all(&vol).unwrap();
+    mount(
+        Some("tmpfs"),
+        &vol,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(vol.join("token"), "s3cret").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(host_copy.join("volumes/secret/token")).unwrap(),
+        "s3cret"
+    );
+    umount2(&vol, MntFlags::empty()).unwrap();
+
+    // Something mounted in the host's copy stays there.
+    let evil = host_copy.join("volumes/evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    mount(
+        Some("tmpfs"),
+        &evil,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(evil.join("x"), "x").unwrap();
+    assert!(
+        !s.join("volumes/evil/x").exists(),
+        "a mount in the host's copy must not reach the pod directory"
+    );
+    umount2(&evil, MntFlags::empty()).unwrap();
+    k.unmount(&dst).unwrap();
+    assert!(
+        !host_copy.join("hello").exists(),
+        "the unmount reaches the host's view too"
+    );
+}
