@@ -122,18 +122,35 @@ impl MountTable {
     }
 
     /// The topmost mount whose mount point is exactly `path`.
+    ///
+    /// Mounts stacked on one point form a chain, each the parent of the one above it; the top
+    /// is the one no other mount there sits on. List order is not enough: a mount tucked
+    /// beneath others (by propagation, or `MOVE_MOUNT_BENEATH`) is listed after them. Should
+    /// the chain be ambiguous, the last listed candidate wins.
     pub fn at(&self, path: &Path) -> Option<&MountEntry> {
-        self.entries.iter().rev().find(|e| e.mount_point == path)
+        let here: Vec<&MountEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.mount_point == path)
+            .collect();
+        let under_another = |e: &MountEntry| here.iter().any(|o| o.parent == e.id && o.id != e.id);
+        here.iter()
+            .rev()
+            .find(|e| !under_another(e))
+            .or(here.last())
+            .copied()
     }
 
-    /// The mount that contains `path` (the topmost with the longest mount-point prefix).
+    /// The mount that contains `path`: the topmost at the longest mount point that is a prefix.
     pub fn containing(&self, path: &Path) -> Option<&MountEntry> {
-        self.entries
+        let point = self
+            .entries
             .iter()
-            .enumerate()
-            .filter(|(_, e)| path.starts_with(&e.mount_point))
-            .max_by_key(|(i, e)| (e.mount_point.components().count(), *i))
-            .map(|(_, e)| e)
+            .filter(|e| path.starts_with(&e.mount_point))
+            .max_by_key(|e| e.mount_point.components().count())?
+            .mount_point
+            .clone();
+        self.at(&point)
     }
 
     /// `path` as (device, path within that filesystem), through the mount that contains it.
@@ -268,10 +285,19 @@ bogus line
     }
 
     #[test]
-    fn a_later_mount_on_the_same_point_wins() {
-        let text = "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 8:1 /a /t rw - ext4 /dev/sda rw\n3 1 8:1 /b /t rw - ext4 /dev/sda rw\n";
+    fn the_top_of_a_stack_is_the_mount_nothing_sits_on() {
+        // Stacked in list order: 3 sits on 2.
+        let text = "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 8:1 /a /t rw - ext4 /dev/sda rw\n3 2 8:1 /b /t rw - ext4 /dev/sda rw\n";
         let t = MountTable::parse(text);
         assert_eq!(t.at(Path::new("/t")).unwrap().id, 3);
         assert!(t.is_bind_of(Path::new("/t"), Path::new("/b")));
+        // Tucked beneath: 4 is listed last but 2 now sits on it, and 3 on 2.
+        let tucked = "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 4 8:1 /a /t rw - ext4 /dev/sda rw\n3 2 8:1 /b /t rw - ext4 /dev/sda rw\n4 1 8:1 /c /t rw - ext4 /dev/sda rw\n";
+        let t = MountTable::parse(tucked);
+        assert_eq!(t.at(Path::new("/t")).unwrap().id, 3);
+        assert!(!t.is_bind_of(Path::new("/t"), Path::new("/c")));
+        // The containing mount of a path below follows the same rule.
+        assert_eq!(t.containing(Path::new("/t/x")).unwrap().id, 3);
+        assert_eq!(t.resolve(Path::new("/t/x")).unwrap().1, Path::new("/b/x"));
     }
 }
