@@ -27,7 +27,45 @@ pub fn binary(name: &str) -> PathBuf {
         "{} not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
         path.display()
     );
+    // `cargo test -p fleetmirror-tests` does not rebuild the binaries it runs: refuse to test
+    // an old build against new sources.
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    if let Some(newer) = newest_source(&crate::repo_root()).filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` (scripts/test.sh does)",
+            path.display(),
+            newer.1.display()
+        );
+    }
     path
+}
+
+/// The most recently modified Rust source or proto file of the crates the binaries are built
+/// from.
+fn newest_source(root: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, newest);
+            } else if p.extension().is_some_and(|x| x == "rs" || x == "proto")
+                && let Ok(t) = e.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
+            {
+                *newest = Some((t, p));
+            }
+        }
+    }
+    let mut newest = None;
+    for krate in ["core", "proto", "runtime", "agent", "aggregator"] {
+        walk(&root.join(krate), &mut newest);
+    }
+    newest
 }
 
 /// A free TCP port on 127.0.0.1.
