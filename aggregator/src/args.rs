@@ -41,11 +41,15 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,
 
-    /// This replica's pod name: its identity in the Lease, and the pod (in --namespace) the
-    /// leader labels fleetmirror.io/leader=true so the Service routes agents and grpcurl to
-    /// it. Default: the host name plus a random suffix (no pod is labelled).
+    /// This replica's identity in the Lease. Default: the host name (the pod name in a pod).
     #[arg(long, env = "FLEETMIRROR_POD_NAME")]
     pub identity: Option<String>,
+
+    /// This replica's pod IP. The leader writes `<pod-ip>:<grpc port>` on the Lease so that
+    /// standbys forward the Diagnostics calls only the leader can answer (it holds the agent
+    /// reports); without it a standby refuses them with UNAVAILABLE.
+    #[arg(long, env = "FLEETMIRROR_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 
     /// How long a Lease is valid without renewal; a standby takes over after it expires.
     #[arg(long, env = "FLEETMIRROR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fleetmirror_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
 use fleetmirror_proto::v1::{
     GetNodeRequest, GetVClusterRequest, ListNodesRequest, ListNodesResponse, ListVClustersRequest,
@@ -22,39 +23,107 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::args::PodSource;
 use crate::auth::{AgentIdentity, Authenticator};
 use crate::index::FleetIndex;
+use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
 
 /// The Diagnostics service.
 ///
-/// A standby replica has no agent reports (agents stream to the leader only), so it refuses
-/// what it cannot know with UNAVAILABLE instead of answering from an empty index: node
-/// queries always, vCluster queries unless pod facts come from the API (`--pod-source=api`),
-/// where every replica scores from the same watches. The Service routes to the leader
-/// ([`crate::leader::LEADER_LABEL`]), so this is only seen through a port-forward to a
-/// standby pod.
+/// A standby replica has no agent reports (agents stream to the leader only), so it never
+/// answers from its empty index what only the leader knows — node queries always, vCluster
+/// queries unless pod facts come from the API (`--pod-source=api`, where every replica scores
+/// from the same watches). It forwards those calls to the leader's address on the Lease (see
+/// [`crate::leader::ADDRESS_ANNOTATION`]), once: a forwarded call that reaches a replica which
+/// is not the leader (leadership just moved) is refused with UNAVAILABLE, as is any call when
+/// the leader advertises no address. So `grpcurl` through the Service gets the leader's
+/// answer whichever replica it lands on.
 #[derive(Debug, Clone)]
 pub struct DiagnosticsService {
     index: Arc<FleetIndex>,
     leader: watch::Receiver<bool>,
+    holder: watch::Receiver<Option<Holder>>,
     pod_source: PodSource,
+    /// The channel to the leader, by address (connected lazily, reused).
+    channel: Arc<std::sync::Mutex<Option<(SocketAddr, Channel)>>>,
+}
+
+/// Metadata on a call a standby forwarded.
+const FORWARDED: &str = "fleetmirror-forwarded-by";
+
+/// Who answers a Diagnostics call.
+enum Route<T> {
+    /// This replica.
+    Here(Request<T>),
+    /// The leader, through this client, with this (marked) request.
+    Leader(DiagnosticsClient<Channel>, Request<T>),
 }
 
 impl DiagnosticsService {
-    fn refuse_on_standby(&self, nodes: bool) -> Result<(), Status> {
-        if *self.leader.borrow() || (!nodes && self.pod_source == PodSource::Api) {
-            return Ok(());
+    fn new(
+        index: Arc<FleetIndex>,
+        leader: watch::Receiver<bool>,
+        holder: watch::Receiver<Option<Holder>>,
+        pod_source: PodSource,
+    ) -> Self {
+        Self {
+            index,
+            leader,
+            holder,
+            pod_source,
+            channel: Default::default(),
         }
-        Err(Status::unavailable(format!(
-            "this aggregator replica is a standby and has no agent reports; ask the leader: \
-             the {} Service routes to it, or port-forward to the pod that holds the Lease {}",
-            crate::leader::LEASE_NAME,
-            crate::leader::LEASE_NAME
-        )))
+    }
+
+    /// Who answers `request` (about nodes, or about vClusters), or why nobody can.
+    fn route<T>(&self, request: Request<T>, nodes: bool) -> Result<Route<T>, Status> {
+        if *self.leader.borrow() || (!nodes && self.pod_source == PodSource::Api) {
+            return Ok(Route::Here(request));
+        }
+        let holder = self.holder.borrow().clone();
+        let who = holder
+            .as_ref()
+            .map(|h| h.identity.as_str())
+            .filter(|i| !i.is_empty())
+            .unwrap_or("unknown yet");
+        if request.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(format!(
+                "forwarded to a replica that does not lead (leader: {who}); leadership is \
+                 moving, retry"
+            )));
+        }
+        let Some(address) = holder.as_ref().and_then(|h| h.address) else {
+            return Err(Status::unavailable(format!(
+                "this aggregator replica is a standby and has no agent reports, and the leader \
+                 ({who}, Lease {}) advertises no address (--pod-ip); ask the leader",
+                crate::leader::LEASE_NAME
+            )));
+        };
+        let channel = {
+            let mut cached = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+            match cached.as_ref() {
+                Some((a, c)) if *a == address => c.clone(),
+                _ => {
+                    let c = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                        .map_err(|e| Status::internal(format!("leader address {address}: {e}")))?
+                        .connect_timeout(std::time::Duration::from_secs(2))
+                        .timeout(std::time::Duration::from_secs(10))
+                        .connect_lazy();
+                    *cached = Some((address, c.clone()));
+                    c
+                }
+            }
+        };
+        let mut forwarded = Request::new(request.into_inner());
+        forwarded.metadata_mut().insert(
+            FORWARDED,
+            tonic::metadata::MetadataValue::from_static("standby"),
+        );
+        Ok(Route::Leader(DiagnosticsClient::new(channel), forwarded))
     }
 }
 
@@ -83,7 +152,10 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<ListVClustersRequest>,
     ) -> Result<Response<ListVClustersResponse>, Status> {
-        self.refuse_on_standby(false)?;
+        let request = match self.route(request, false)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => return leader.list_v_clusters(r).await,
+        };
         let ns = request.into_inner().namespace;
         if !ns.is_empty() {
             require_label("namespace", &ns)?;
@@ -98,7 +170,10 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetVClusterRequest>,
     ) -> Result<Response<VClusterDetail>, Status> {
-        self.refuse_on_standby(false)?;
+        let request = match self.route(request, false)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => return leader.get_v_cluster(r).await,
+        };
         let r = request.into_inner();
         let ns = require_label("namespace", &r.namespace)?;
         let name = require_label("name", &r.name)?;
@@ -110,9 +185,11 @@ impl Diagnostics for DiagnosticsService {
 
     async fn list_nodes(
         &self,
-        _request: Request<ListNodesRequest>,
+        request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        self.refuse_on_standby(true)?;
+        if let Route::Leader(mut leader, r) = self.route(request, true)? {
+            return leader.list_nodes(r).await;
+        }
         Ok(Response::new(ListNodesResponse {
             nodes: self.index.list_nodes(SystemTime::now()),
         }))
@@ -122,7 +199,10 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<NodeDetail>, Status> {
-        self.refuse_on_standby(true)?;
+        let request = match self.route(request, true)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => return leader.get_node(r).await,
+        };
         let r = request.into_inner();
         let name = require("name", &r.name)?;
         self.index
@@ -282,6 +362,8 @@ pub struct GrpcServer {
     pub index: Arc<FleetIndex>,
     /// `true` while this replica leads.
     pub leader: watch::Receiver<bool>,
+    /// Who else leads (where a standby forwards Diagnostics).
+    pub holder: watch::Receiver<Option<Holder>>,
     /// Where pod facts come from (what a standby can answer).
     pub pod_source: PodSource,
     /// Metrics.
@@ -315,11 +397,12 @@ impl GrpcServer {
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "gRPC server listening");
         self.ready.set(true);
-        let diagnostics = DiagnosticsService {
-            index: self.index.clone(),
-            leader: self.leader.clone(),
-            pod_source: self.pod_source,
-        };
+        let diagnostics = DiagnosticsService::new(
+            self.index.clone(),
+            self.leader.clone(),
+            self.holder,
+            self.pod_source,
+        );
         let agents = AgentReportService {
             auth: self.auth,
             index: self.index,

@@ -492,12 +492,15 @@ impl HealthController {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = true;
+        // The time the last facts were taken at: staleness is judged as of then.
+        let mut scored_at = SystemTime::now();
         loop {
             let now_ts = Timestamp::now();
             let due = vchs.state().iter().any(|v| self.due(v, now_ts));
             if dirty || due {
                 let started = Instant::now();
-                let facts = self.collect(&sts, &deploys, &services, &pod_stores);
+                scored_at = SystemTime::now();
+                let facts = self.collect(&sts, &deploys, &services, &pod_stores, scored_at);
                 let fleet = score_all(&facts, &Selection::All);
                 self.publish_scores(&fleet);
                 if *self.leader.borrow() {
@@ -511,11 +514,14 @@ impl HealthController {
                 dirty = false;
             }
             // A node turning stale changes scores (podsStale, AgentsReporting) without any
-            // event: wake up when the next one would.
+            // event: wake up when the next one (as of the facts scored) would, debounced like
+            // any change so a rack going silent is a few recomputes, not one per node. A
+            // deadline that passed while scoring (or while the tick won the race below) is
+            // still ahead of `scored_at`, so it is never lost.
             let stale_in = self
                 .index
-                .next_stale_at(SystemTime::now())
-                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+                .next_stale_at(scored_at)
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default() + DEBOUNCE);
             let turns_stale = async {
                 match stale_in {
                     Some(d) => tokio::time::sleep(d).await,
@@ -551,6 +557,7 @@ impl HealthController {
         deploys: &Store<PartialObjectMeta<Deployment>>,
         services: &[Store<Service>],
         pod_stores: &[Store<Pod>],
+        at: SystemTime,
     ) -> Facts {
         let workloads = sts
             .state()
@@ -586,7 +593,7 @@ impl HealthController {
         };
         match self.pod_source {
             PodSource::Agents => {
-                let mut a = self.index.agent_facts(SystemTime::now());
+                let mut a = self.index.agent_facts(at);
                 facts.no_agents = a.nodes.is_empty();
                 facts.nodes = a.nodes;
                 // Aggregate per (namespace, vCluster) after sorting: one key per vCluster,

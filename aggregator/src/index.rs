@@ -768,6 +768,33 @@ mod tests {
         );
     }
 
+    /// True when `changed()` has a notification waiting.
+    async fn notified(idx: &FleetIndex) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), idx.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn heartbeats_wake_the_controller_only_when_they_revive_a_stale_node() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        assert!(notified(&idx).await, "a snapshot is a change");
+        let t = |secs| T0 + Duration::from_secs(secs);
+        idx.apply(s, delta("n1", 2, vec![], vec![]), t(30)).unwrap();
+        assert!(
+            !notified(&idx).await,
+            "a heartbeat of a fresh node changes nothing"
+        );
+        idx.apply(s, delta("n1", 3, vec![], vec![]), t(100))
+            .unwrap();
+        assert!(
+            notified(&idx).await,
+            "a heartbeat that revives a stale node is a change"
+        );
+    }
+
     #[test]
     fn next_stale_deadline_is_the_first_fresh_node_to_go_silent() {
         let idx = FleetIndex::new(Duration::from_secs(60));

@@ -1,9 +1,10 @@
 //! Leader election on the `coordination.k8s.io/v1` Lease `fleetmirror-aggregator`.
 //!
 //! Only the leader writes to the API and accepts agent reports; standbys keep serving gRPC
-//! (health, reflection) and refuse agent streams with UNAVAILABLE. The leader labels its own
-//! pod [`LEADER_LABEL`]`=true` and the Service selects that label, so agents and grpcurl are
-//! routed to the leader; an agent that still reaches a standby reconnects.
+//! (health, reflection) and refuse agent streams with UNAVAILABLE, so agents reconnect until
+//! the Service hands them to the leader. The leader writes its gRPC address on the Lease
+//! (annotation [`ADDRESS_ANNOTATION`], with every renewal: no extra API call), so standbys can
+//! forward the Diagnostics calls only the leader can answer.
 //!
 //! The algorithm is client-go's: every `retry` the candidate reads the Lease; it takes it when
 //! it is free (no holder) or expired (`renewTime + leaseDurationSeconds` has passed), and the
@@ -24,6 +25,18 @@ use tokio_util::sync::CancellationToken;
 /// The Lease name fixed by the product contract.
 pub const LEASE_NAME: &str = "fleetmirror-aggregator";
 
+/// Annotation on the Lease: the holder's gRPC address (`ip:port`), when it advertises one.
+pub const ADDRESS_ANNOTATION: &str = "fleetmirror.io/grpc-address";
+
+/// Who leads, as the last attempt saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's identity ("" when unknown).
+    pub identity: String,
+    /// Its gRPC address, when it advertises a valid one.
+    pub address: Option<std::net::SocketAddr>,
+}
+
 /// Settings of one candidate.
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -33,6 +46,8 @@ pub struct ElectionConfig {
     pub lease_duration: Duration,
     /// How often to renew or try to acquire.
     pub retry: Duration,
+    /// This replica's gRPC address, written on the Lease while it leads.
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 /// A candidate for the Lease.
@@ -48,7 +63,14 @@ enum Attempt {
     /// We hold the Lease (acquired or renewed).
     Held,
     /// Someone else holds a valid Lease.
-    HeldBy(String),
+    HeldBy(Holder),
+}
+
+fn other(identity: &str) -> Attempt {
+    Attempt::HeldBy(Holder {
+        identity: identity.into(),
+        address: None,
+    })
 }
 
 impl LeaderElector {
@@ -60,8 +82,14 @@ impl LeaderElector {
         }
     }
 
-    /// Runs until `shutdown`; publishes `true` on `leader` while this replica leads.
-    pub async fn run(self, leader: watch::Sender<bool>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`; publishes `true` on `leader` while this replica leads, and on
+    /// `holder` who else leads (`None` while this replica does, or nobody is known to).
+    pub async fn run(
+        self,
+        leader: watch::Sender<bool>,
+        holder: watch::Sender<Option<Holder>>,
+        shutdown: CancellationToken,
+    ) {
         // When the last successful attempt *started*: the Lease's renewTime is no later, so
         // our leadership is valid until then + lease duration. We stop leading one retry
         // interval before that, however long an API call hangs (each attempt is time-boxed).
@@ -85,16 +113,23 @@ impl LeaderElector {
                     }
                     last_renew = Some(started);
                     leader.send_replace(true);
+                    holder.send_replace(None);
                 }
-                Ok(Attempt::HeldBy(holder)) => {
+                Ok(Attempt::HeldBy(other)) => {
+                    let who = &other.identity;
                     if *leader.borrow() {
-                        tracing::warn!(%holder, "lost the lease to another replica; stepping down");
-                    } else if holder != last_holder {
-                        tracing::info!(%holder, "standing by: another replica leads");
+                        tracing::warn!(holder = %who, "lost the lease to another replica; stepping down");
+                    } else if *who != last_holder {
+                        tracing::info!(holder = %who, address = ?other.address, "standing by: another replica leads");
                     }
-                    last_holder = holder;
+                    last_holder = who.clone();
                     last_renew = None;
                     leader.send_replace(false);
+                    holder.send_if_modified(|h| {
+                        let changed = h.as_ref() != Some(&other);
+                        *h = Some(other);
+                        changed
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "leader election: cannot read or write the lease");
@@ -102,6 +137,7 @@ impl LeaderElector {
                     if !valid && *leader.borrow() {
                         tracing::warn!("could not renew the lease in time; stepping down");
                         leader.send_replace(false);
+                        holder.send_replace(None);
                     }
                 }
             }
@@ -129,6 +165,10 @@ impl LeaderElector {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(LEASE_NAME.into()),
+                    annotations: self
+                        .config
+                        .advertise
+                        .map(|a| [(ADDRESS_ANNOTATION.to_owned(), a.to_string())].into()),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -142,16 +182,24 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Attempt::HeldBy("(another replica)".into()))
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(other("(another replica)")),
                 Err(e) => Err(e),
             };
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         if holder != *me && !holder.is_empty() && !expired(spec, now) {
-            return Ok(Attempt::HeldBy(holder));
+            // Written by another replica: used only if it parses as an address.
+            let address = lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ADDRESS_ANNOTATION))
+                .and_then(|a| a.parse().ok());
+            return Ok(Attempt::HeldBy(Holder {
+                identity: holder,
+                address,
+            }));
         }
         if holder != *me {
             spec.acquire_time = Some(MicroTime(now));
@@ -160,6 +208,7 @@ impl LeaderElector {
         }
         spec.renew_time = Some(MicroTime(now));
         spec.lease_duration_seconds = Some(duration_secs);
+        set_address(&mut lease, self.config.advertise);
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
         match self
             .api
@@ -167,9 +216,7 @@ impl LeaderElector {
             .await
         {
             Ok(_) => Ok(Attempt::Held),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                Ok(Attempt::HeldBy("(another replica)".into()))
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(other("(another replica)")),
             Err(e) => Err(e),
         }
     }
@@ -183,6 +230,7 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
+        set_address(&mut lease, None);
         self.api
             .replace(LEASE_NAME, &PostParams::default(), &lease)
             .await
@@ -190,73 +238,16 @@ impl LeaderElector {
     }
 }
 
-/// The label the leader puts on its own pod. The `fleetmirror-aggregator` Service selects it,
-/// so agents and grpcurl reach the leader, never a standby (which refuses agent streams and
-/// has no agent reports to answer Diagnostics from).
-pub const LEADER_LABEL: &str = "fleetmirror.io/leader";
-
-/// Keeps [`LEADER_LABEL`] on pod `pod` in `namespace` in step with `leader`: set while this
-/// replica leads, removed when it steps down and on shutdown. A pod that does not exist (the
-/// aggregator runs outside a pod) turns this off with one log line; other errors are retried.
-pub async fn label_own_pod(
-    client: kube::Client,
-    namespace: &str,
-    pod: &str,
-    mut leader: watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Patch, PatchParams};
-    let api = Api::<Pod>::namespaced(client, namespace);
-    let patch = |on: bool| {
-        let value = if on {
-            serde_json::json!("true")
-        } else {
-            serde_json::Value::Null
-        };
-        Patch::Merge(serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}}))
+/// Sets (or removes) the holder's address annotation.
+fn set_address(lease: &mut Lease, address: Option<std::net::SocketAddr>) {
+    let annotations = lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match address {
+        Some(a) => annotations.insert(ADDRESS_ANNOTATION.into(), a.to_string()),
+        None => annotations.remove(ADDRESS_ANNOTATION),
     };
-    // What the pod carries, as far as we know: unknown at start (a restarted leader's label
-    // may still be there), so the first state is always written.
-    let mut applied: Option<bool> = None;
-    loop {
-        let want = *leader.borrow_and_update();
-        if applied != Some(want) {
-            match api.patch(pod, &PatchParams::default(), &patch(want)).await {
-                Ok(_) => {
-                    tracing::info!(%pod, leader = want, "leader label {}", if want { "set" } else { "removed" });
-                    applied = Some(want);
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    tracing::info!(%pod, %namespace, "no such pod: not labelling the leader (outside a pod, the Service cannot route by it anyway)");
-                    // Ending early would read as a failed task: wait for shutdown instead.
-                    shutdown.cancelled().await;
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%pod, %error, "cannot update the leader label on this pod; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            r = leader.changed() => if r.is_err() { break },
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    if applied != Some(false) {
-        let removed = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            api.patch(pod, &PatchParams::default(), &patch(false)),
-        )
-        .await;
-        if !matches!(removed, Ok(Ok(_))) {
-            tracing::warn!(%pod, "could not remove the leader label on the way out");
-        }
-    }
 }
 
 /// True when the Lease's holder failed to renew within its duration.

@@ -45,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
     let readiness = admin::Readiness::default();
     let index = Arc::new(FleetIndex::new(args.agent_stale_after));
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let (holder_tx, holder_rx) = tokio::sync::watch::channel(None);
+    let advertise = args
+        .pod_ip
+        .map(|ip| std::net::SocketAddr::new(ip, grpc_addr.port()));
 
     let mut tasks: JoinSet<shutdown::TaskExit> = JoinSet::new();
     {
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             addr: grpc_addr,
             index: index.clone(),
             leader: leader_rx.clone(),
+            holder: holder_rx,
             pod_source: args.pod_source,
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
@@ -102,19 +107,6 @@ async fn main() -> anyhow::Result<()> {
             )
         });
     }
-    if let Some(pod) = args.identity.clone() {
-        let (client, namespace, rx, token) = (
-            client.clone(),
-            namespace.clone(),
-            leader_rx.clone(),
-            token.clone(),
-        );
-        tasks.spawn(async move {
-            fleetmirror_aggregator::leader::label_own_pod(client, &namespace, &pod, rx, token)
-                .await;
-            ("leader label", Ok(()))
-        });
-    }
     if args.leader_elect {
         let elector = LeaderElector::new(
             client.clone(),
@@ -123,11 +115,12 @@ async fn main() -> anyhow::Result<()> {
                 identity,
                 lease_duration: args.lease_duration,
                 retry: args.lease_retry_interval,
+                advertise,
             },
         );
         let token = token.clone();
         tasks.spawn(async move {
-            elector.run(leader_tx, token).await;
+            elector.run(leader_tx, holder_tx, token).await;
             ("leader election", Ok(()))
         });
     } else {
@@ -137,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         let token = token.clone();
         tasks.spawn(async move {
             token.cancelled().await;
-            drop(leader_tx);
+            drop((leader_tx, holder_tx));
             ("leader (static)", Ok(()))
         });
     }

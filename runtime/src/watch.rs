@@ -57,9 +57,23 @@ where
     store
 }
 
+/// The longest value kept of a label or annotation we read. Every valid value is shorter (a
+/// name is at most 253 characters, a UID 36), and a cut invalid value stays invalid, so
+/// refusals are unchanged; an annotation cannot make a store grow by its 256 KiB.
+pub const MAX_VALUE_LEN: usize = 256;
+
 fn retain_read_keys(map: &mut Option<BTreeMap<String, String>>) {
     if let Some(m) = map {
         m.retain(|k, _| KEYS_READ.contains(&k.as_str()));
+        for v in m.values_mut() {
+            if v.len() > MAX_VALUE_LEN {
+                let mut end = MAX_VALUE_LEN;
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.truncate(end);
+            }
+        }
     }
 }
 
@@ -149,6 +163,89 @@ mod tests {
             ]),
             managed_fields: Some(vec![ManagedFieldsEntry::default()]),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trimming_never_changes_how_a_pod_is_classified() {
+        use fleetmirror_core::naming as n;
+        use fleetmirror_core::pod::{PodClass, PodMeta, classify};
+        let uid = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+        let long = "x".repeat(100_000);
+        type Pairs<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(Pairs, Pairs)> = vec![
+            // Synced, classic annotations, plus tenant noise.
+            (
+                vec![(n::LABEL_MANAGED_BY, "vc"), ("tenant", "x")],
+                vec![
+                    (n::ANNOTATION_UID, uid),
+                    (n::ANNOTATION_NAME, "web-0"),
+                    (n::ANNOTATION_NAMESPACE, "default"),
+                    ("vcluster.loft.sh/labels", long.as_str()),
+                ],
+            ),
+            // Synced, object-* annotations and the namespace label fallback.
+            (
+                vec![
+                    (n::LABEL_MANAGED_BY, "vc"),
+                    (n::LABEL_NAMESPACE, "kube-system"),
+                ],
+                vec![
+                    (n::ANNOTATION_OBJECT_UID, uid),
+                    (n::ANNOTATION_OBJECT_NAME, "coredns"),
+                ],
+            ),
+            // Hostile: a huge name, a bad UID.
+            (
+                vec![(n::LABEL_MANAGED_BY, "vc")],
+                vec![
+                    (n::ANNOTATION_UID, "../../etc"),
+                    (n::ANNOTATION_NAME, long.as_str()),
+                ],
+            ),
+            // A control-plane pod; and a pod of nobody's.
+            (
+                vec![(n::LABEL_APP, "vcluster"), (n::LABEL_RELEASE, "vc")],
+                vec![],
+            ),
+            (vec![("app", "web")], vec![]),
+        ];
+        for (labels, annotations) in cases {
+            let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
+            let mut pod = Pod::default();
+            pod.metadata.labels = Some(map(&labels));
+            pod.metadata.annotations = Some(map(&annotations));
+            let before = classify(PodMeta {
+                labels: pod.metadata.labels.as_ref().unwrap(),
+                annotations: pod.metadata.annotations.as_ref().unwrap(),
+            });
+            trim_pod(&mut pod);
+            let after = classify(PodMeta {
+                labels: pod.metadata.labels.as_ref().unwrap(),
+                annotations: pod.metadata.annotations.as_ref().unwrap(),
+            });
+            // Only an over-long value is cut, and what was refused stays refused.
+            let cut = |c: &PodClass| match c.clone() {
+                PodClass::Synced(mut s) => {
+                    s.virtual_name.truncate(MAX_VALUE_LEN);
+                    s.refusal = s.refusal.map(|_| "refused".into());
+                    PodClass::Synced(s)
+                }
+                other => other,
+            };
+            assert_eq!(cut(&before), cut(&after), "{labels:?}");
+            assert!(
+                pod.metadata
+                    .annotations
+                    .iter()
+                    .flatten()
+                    .all(|(_, v)| v.len() <= MAX_VALUE_LEN)
+            );
         }
     }
 

@@ -241,6 +241,8 @@ impl AggregatorConfig {
             extra_args: vec![
                 "--lease-duration=3s".into(),
                 "--lease-retry-interval=500ms".into(),
+                // Advertised on the Lease as 127.0.0.1:<grpc port>.
+                "--pod-ip=127.0.0.1".into(),
             ],
         }
     }

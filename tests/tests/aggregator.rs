@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use fleetmirror_proto::v1::agent_service_client::AgentServiceClient;
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
+use fleetmirror_proto::v1::node_report::Body;
 use fleetmirror_proto::v1::{
     GetNodeRequest, GetVClusterRequest, ListNodesRequest, ListVClustersRequest, NodeReport,
+    NodeSnapshot,
 };
-use fleetmirror_tests::cluster::{ControlPlane, namespace};
+use fleetmirror_tests::cluster::{ControlPlane, agent_token, namespace};
 use fleetmirror_tests::eventually;
 use fleetmirror_tests::process::{Aggregator, AggregatorConfig, http_get};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -25,42 +27,6 @@ async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
         .await
         .ok()??;
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
-}
-
-/// A pod object for an aggregator (no kubelet runs it): the one it labels when it leads.
-async fn pod_for(client: &kube::Client, ns: &str, agg: &AggregatorConfig) {
-    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-    let pod = Pod {
-        metadata: kube::api::ObjectMeta {
-            name: Some(agg.identity.clone()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "aggregator".into(),
-                image: Some("fleetmirror-aggregator".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&Default::default(), &pod)
-        .await
-        .unwrap();
-}
-
-/// The leader label on `name`'s pod.
-async fn leader_label(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
-    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .unwrap();
-    pod.metadata
-        .labels?
-        .get(fleetmirror_aggregator::leader::LEADER_LABEL)
-        .cloned()
 }
 
 async fn reflection_services_v1(url: &str) -> Vec<String> {
@@ -312,11 +278,8 @@ async fn one_of_two_aggregators_leads_and_the_standby_takes_over_when_it_dies() 
     let cp = ControlPlane::shared();
     let client = cp.client(0).await;
     let ns = namespace(&client, "election").await;
-    let (a, b) = (AggregatorConfig::new(&ns), AggregatorConfig::new(&ns));
-    pod_for(&client, &ns, &a).await;
-    pod_for(&client, &ns, &b).await;
-    let a = Aggregator::start(cp, 0, a);
-    let b = Aggregator::start(cp, 0, b);
+    let a = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    let b = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
     let mut aggs = [a, b];
 
     let holder = eventually(WAIT, "one aggregator holds the Lease", || async {
@@ -345,40 +308,72 @@ async fn one_of_two_aggregators_leads_and_the_standby_takes_over_when_it_dies() 
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 
-    // Only the leader's pod carries the label the Service selects.
-    eventually(
-        WAIT,
-        "the leader labels its pod, and only its pod",
-        || async {
-            let l = leader_label(&client, &ns, &aggs[leader].identity).await;
-            let s = leader_label(&client, &ns, &aggs[standby].identity).await;
-            (l.as_deref() == Some("true") && s.is_none()).then_some(())
-        },
-    )
-    .await;
-
-    // A standby has no agent reports: it says so instead of answering from an empty index.
+    // An agent reports to the leader. The standby has no reports of its own: it forwards
+    // what only the leader knows to the address on the Lease, so Diagnostics answers the same
+    // on either replica (grpcurl through the Service may land on any).
+    let token = agent_token(&client, &ns, "node-a", "fleetmirror-agent", true).await;
+    let channel = fleetmirror_tests::channel(&aggs[leader].grpc_url()).await;
+    let mut reporter =
+        AgentServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(req)
+        });
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(NodeReport {
+        node_name: "node-a".into(),
+        agent_version: "test".into(),
+        sequence: 1,
+        body: Some(Body::Snapshot(NodeSnapshot::default())),
+    })
+    .await
+    .unwrap();
+    let _acks = reporter
+        .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the leader takes the report");
     let mut standby_diag = DiagnosticsClient::connect(aggs[standby].grpc_url())
         .await
         .unwrap();
-    let err = standby_diag
+    let nodes = eventually(
+        WAIT,
+        "the standby answers with the leader's nodes",
+        || async {
+            let nodes = standby_diag
+                .clone()
+                .list_nodes(ListNodesRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            (!nodes.is_empty()).then_some(nodes)
+        },
+    )
+    .await;
+    assert_eq!(nodes[0].name, "node-a");
+    standby_diag
         .list_v_clusters(ListVClustersRequest::default())
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(err.message().contains("standby"), "{err}");
+        .expect("forwarded");
     let err = standby_diag
-        .list_nodes(ListNodesRequest::default())
+        .get_node(GetNodeRequest {
+            name: "nope".into(),
+        })
         .await
         .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the leader's answer, passed on: {err}"
+    );
+    // A call marked as forwarded is never forwarded again (no loops while leadership moves).
+    let mut marked = tonic::Request::new(ListNodesRequest::default());
+    marked
+        .metadata_mut()
+        .insert("fleetmirror-forwarded-by", "standby".parse().unwrap());
+    let err = standby_diag.list_nodes(marked).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    let mut leader_diag = DiagnosticsClient::connect(aggs[leader].grpc_url())
-        .await
-        .unwrap();
-    leader_diag
-        .list_v_clusters(ListVClustersRequest::default())
-        .await
-        .expect("the leader answers");
+    drop(tx);
 
     // The leader crashes (no release): the standby takes over once the Lease expires.
     aggs[leader].process.kill();
@@ -393,18 +388,10 @@ async fn one_of_two_aggregators_leads_and_the_standby_takes_over_when_it_dies() 
         (aggs[standby].metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
     })
     .await;
-    eventually(WAIT, "the new leader labels its pod", || async {
-        (leader_label(&client, &ns, &aggs[standby].identity)
-            .await
-            .as_deref()
-            == Some("true"))
-        .then_some(())
-    })
-    .await;
     standby_diag
         .list_nodes(ListNodesRequest::default())
         .await
-        .expect("the new leader answers");
+        .expect("the new leader answers itself");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -421,17 +408,11 @@ async fn a_leader_that_stops_gracefully_hands_over_without_waiting_for_expiry() 
         ];
         c
     };
-    let first = long(&ns);
-    pod_for(&client, &ns, &first).await;
-    let mut first = Aggregator::start(cp, 0, first);
+    let mut first = Aggregator::start(cp, 0, long(&ns));
     eventually(WAIT, "the first aggregator leads", || async {
         lease_holder(&client, &ns)
             .await
             .filter(|h| *h == first.identity)
-    })
-    .await;
-    eventually(WAIT, "the leader labels its pod", || async {
-        leader_label(&client, &ns, &first.identity).await
     })
     .await;
     let second = Aggregator::start(cp, 0, long(&ns));
@@ -439,11 +420,6 @@ async fn a_leader_that_stops_gracefully_hands_over_without_waiting_for_expiry() 
         first.process.terminate().success(),
         "graceful exit: {}",
         first.process.log()
-    );
-    assert_eq!(
-        leader_label(&client, &ns, &first.identity).await,
-        None,
-        "a leader stepping down removes its label"
     );
     eventually(
         WAIT,
