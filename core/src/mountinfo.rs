@@ -94,18 +94,25 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     })
 }
 
-/// The mount table, with lookups. Later entries are mounted on top of earlier ones.
+/// The mount table, with lookups by mount point (a pass asks it once or twice per pod, so
+/// lookups must not scan the table).
 #[derive(Debug, Clone, Default)]
 pub struct MountTable {
     entries: Vec<MountEntry>,
+    /// Mount point → indexes into `entries`, in list order.
+    by_point: std::collections::HashMap<PathBuf, Vec<usize>>,
 }
 
 impl MountTable {
     /// Parses mountinfo text.
     pub fn parse(text: &str) -> Self {
-        Self {
-            entries: parse(text),
+        let entries = parse(text);
+        let mut by_point: std::collections::HashMap<PathBuf, Vec<usize>> =
+            std::collections::HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_point.entry(e.mount_point.clone()).or_default().push(i);
         }
+        Self { entries, by_point }
     }
 
     /// Parses mountinfo as read from /proc: the kernel escapes only space, tab, newline and
@@ -128,29 +135,21 @@ impl MountTable {
     /// beneath others (by propagation, or `MOVE_MOUNT_BENEATH`) is listed after them. Should
     /// the chain be ambiguous, the last listed candidate wins.
     pub fn at(&self, path: &Path) -> Option<&MountEntry> {
-        let here: Vec<&MountEntry> = self
-            .entries
-            .iter()
-            .filter(|e| e.mount_point == path)
-            .collect();
-        let under_another = |e: &MountEntry| here.iter().any(|o| o.parent == e.id && o.id != e.id);
+        let here = self.by_point.get(path)?;
+        let under_another = |e: &MountEntry| {
+            here.iter()
+                .any(|&o| self.entries[o].parent == e.id && self.entries[o].id != e.id)
+        };
         here.iter()
             .rev()
+            .map(|&i| &self.entries[i])
             .find(|e| !under_another(e))
-            .or(here.last())
-            .copied()
+            .or_else(|| here.last().map(|&i| &self.entries[i]))
     }
 
     /// The mount that contains `path`: the topmost at the longest mount point that is a prefix.
     pub fn containing(&self, path: &Path) -> Option<&MountEntry> {
-        let point = self
-            .entries
-            .iter()
-            .filter(|e| path.starts_with(&e.mount_point))
-            .max_by_key(|e| e.mount_point.components().count())?
-            .mount_point
-            .clone();
-        self.at(&point)
+        path.ancestors().find_map(|p| self.at(p))
     }
 
     /// `path` as (device, path within that filesystem), through the mount that contains it.
