@@ -44,6 +44,62 @@ fn inside_private_mount_namespace(test: &str) -> bool {
     false
 }
 
+/// Mounts a fresh tmpfs at `dir` (created if missing), as kubelet mounts a volume.
+fn tmpfs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+/// `copy` shows the pod directory `source` one way: a volume kubelet mounts in `source` later
+/// appears in `copy` and vanishes with it; nothing mounted in `copy` reaches `source`.
+fn assert_one_way(source: &Path, copy: &Path) {
+    let vol = source.join("volumes/secret");
+    tmpfs(&vol);
+    std::fs::write(vol.join("token"), "s3cret").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(copy.join("volumes/secret/token")).unwrap(),
+        "s3cret",
+        "a later volume is visible through {}",
+        copy.display()
+    );
+    umount2(&vol, MntFlags::empty()).unwrap();
+    assert!(
+        !copy.join("volumes/secret/token").exists(),
+        "the unmounted volume is gone from {} too",
+        copy.display()
+    );
+
+    let evil = copy.join("volumes/evil");
+    tmpfs(&evil);
+    std::fs::write(evil.join("x"), "x").unwrap();
+    assert!(
+        !source.join("volumes/evil/x").exists(),
+        "a mount in {} must not reach the pod directory",
+        copy.display()
+    );
+    umount2(&evil, MntFlags::empty()).unwrap();
+}
+
+/// Makes `dir` a mount point (a bind of itself) and makes it, and what is below it, shared.
+fn shared_bind_of_itself(dir: &Path) {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
 const POD_UID: &str = "11111111-2222-4333-8444-555555555555";
 const VIRTUAL_UID: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
 
@@ -73,22 +129,7 @@ impl Node {
         )
         .unwrap();
         // What kubelet does to its root: a bind of itself, made rshared.
-        mount(
-            Some(&kubelet),
-            &kubelet,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
-        mount(
-            None::<&str>,
-            &kubelet,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .unwrap();
+        shared_bind_of_itself(&kubelet);
         let loft = base.join("loft");
         std::fs::create_dir_all(&loft).unwrap();
         Node {
@@ -147,47 +188,7 @@ fn recursive_bind_shows_the_pod_and_later_volumes_one_way() {
         "mountinfo shows the target as a bind of the source"
     );
 
-    // A volume kubelet mounts inside the pod directory *after* the bind appears in the target…
-    let vol = s.join("volumes/secret");
-    std::fs::create_dir_all(&vol).unwrap();
-    mount(
-        Some("tmpfs"),
-        &vol,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    std::fs::write(vol.join("token"), "s3cret").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(t.join("volumes/secret/token")).unwrap(),
-        "s3cret",
-        "later volume visible through the target"
-    );
-    // …and vanishes from it when kubelet unmounts it.
-    umount2(&vol, MntFlags::empty()).unwrap();
-    assert!(
-        !t.join("volumes/secret/token").exists(),
-        "the unmounted volume is gone from the target too"
-    );
-
-    // Nothing mounted inside the copy propagates back into kubelet's tree.
-    let evil = t.join("volumes/evil");
-    std::fs::create_dir_all(&evil).unwrap();
-    mount(
-        Some("tmpfs"),
-        &evil,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    std::fs::write(evil.join("x"), "x").unwrap();
-    assert!(
-        !s.join("volumes/evil/x").exists(),
-        "a mount in the target must not reach the pod directory"
-    );
-    umount2(&evil, MntFlags::empty()).unwrap();
+    assert_one_way(&s, &t);
 
     // Unmount: the target is gone (directory removed), the pod directory is untouched.
     k.unmount(&dst).unwrap();
@@ -277,22 +278,7 @@ fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
     }
     let node = Node::new();
     // The loft root made shared, with a peer standing in for the host's view of it.
-    mount(
-        Some(&node.loft),
-        &node.loft,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
-    mount(
-        None::<&str>,
-        &node.loft,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    shared_bind_of_itself(&node.loft);
     let host_loft = node.base.join("host-loft");
     std::fs::create_dir_all(&host_loft).unwrap();
     mount(
@@ -315,41 +301,7 @@ fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
         "the bind reaches the host's view of the loft root"
     );
 
-    // A later volume reaches the host's copy.
-    let vol = s.join("volumes/secret");
-    std::fs::create_dir_all(&vol).unwrap();
-    mount(
-        Some("tmpfs"),
-        &vol,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    std::fs::write(vol.join("token"), "s3cret").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(host_copy.join("volumes/secret/token")).unwrap(),
-        "s3cret"
-    );
-    umount2(&vol, MntFlags::empty()).unwrap();
-
-    // Something mounted in the host's copy stays there.
-    let evil = host_copy.join("volumes/evil");
-    std::fs::create_dir_all(&evil).unwrap();
-    mount(
-        Some("tmpfs"),
-        &evil,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    std::fs::write(evil.join("x"), "x").unwrap();
-    assert!(
-        !s.join("volumes/evil/x").exists(),
-        "a mount in the host's copy must not reach the pod directory"
-    );
-    umount2(&evil, MntFlags::empty()).unwrap();
+    assert_one_way(&s, &host_copy);
     k.unmount(&dst).unwrap();
     assert!(
         !host_copy.join("hello").exists(),
