@@ -64,9 +64,28 @@ impl ReportError {
             ReportError::Closed => "closed",
         }
     }
+
+    /// The leader's address, when a standby aggregator refused the stream and named it
+    /// (metadata `fleetmirror-leader-address`, an `ip:port`; anything else is ignored).
+    pub fn leader_address(&self) -> Option<std::net::SocketAddr> {
+        let ReportError::Status(s) = self else {
+            return None;
+        };
+        if s.code() != tonic::Code::Unavailable {
+            return None;
+        }
+        s.metadata()
+            .get("fleetmirror-leader-address")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
 }
 
-/// Streams the node's state to the aggregator until shutdown.
+/// Streams the node's state to the aggregator until shutdown. A standby aggregator refuses the
+/// stream naming the leader's address; the next attempt goes there directly (once), so agents
+/// do not depend on the Service picking the leader by chance.
 #[derive(Debug)]
 pub struct Reporter {
     /// Aggregator URI, e.g. `http://fleetmirror-aggregator.fleetmirror-system.svc:9090`.
@@ -90,10 +109,16 @@ impl Reporter {
     /// Keeps a stream open, reconnecting with backoff, until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
+        // Where a standby said the leader is: tried once, on the next attempt, at once.
+        let mut redirect: Option<String> = None;
         loop {
             let mut acked = false;
+            // A redirect is followed once: never from one redirect to the next (no ping-pong
+            // while leadership moves), so a second refusal backs off and retries the Service.
+            let following = redirect.is_some();
+            let addr = redirect.take().unwrap_or_else(|| self.addr.clone());
             let result = tokio::select! {
-                r = self.session(&mut acked) => r,
+                r = self.session(&addr, &mut acked) => r,
                 _ = shutdown.cancelled() => return,
             };
             self.metrics.connected.set(0);
@@ -102,7 +127,13 @@ impl Reporter {
             }
             if let Err(error) = result {
                 self.metrics.stream_error(error.category());
-                tracing::warn!(addr = %self.addr, %error, retry_in = ?backoff, "report stream to the aggregator ended");
+                if let Some(leader) = error.leader_address().filter(|_| !following) {
+                    tracing::info!(%addr, %leader, "reached a standby aggregator; connecting to the leader");
+                    redirect = Some(format!("http://{leader}"));
+                    self.metrics.reconnects.inc();
+                    continue;
+                }
+                tracing::warn!(%addr, %error, retry_in = ?backoff, "report stream to the aggregator ended");
             }
             self.metrics.reconnects.inc();
             // Full jitter over [backoff/2, backoff], so agents of a whole fleet do not reconnect
@@ -146,8 +177,8 @@ impl Reporter {
     }
 
     /// One stream, from connect to its end. Sets `acked` once the aggregator acked a snapshot.
-    async fn session(&mut self, acked: &mut bool) -> Result<(), ReportError> {
-        let addr = self.addr.clone();
+    async fn session(&mut self, addr: &str, acked: &mut bool) -> Result<(), ReportError> {
+        let addr = addr.to_owned();
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|source| ReportError::Address {
                 addr: addr.clone(),
@@ -160,7 +191,10 @@ impl Reporter {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| ReportError::Connect { addr, source })?;
+            .map_err(|source| ReportError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         let mut client = AgentServiceClient::new(channel);
 
         let (tx, rx) = mpsc::channel::<NodeReport>(16);
@@ -184,7 +218,7 @@ impl Reporter {
             request.metadata_mut().insert("authorization", token);
         }
         let mut acks = client.report(request).await?.into_inner();
-        tracing::info!(addr = %self.addr, pods = sent.pods.len(), "report stream open; snapshot sent");
+        tracing::info!(%addr, pods = sent.pods.len(), "report stream open; snapshot sent");
         self.metrics.connected.set(1);
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);

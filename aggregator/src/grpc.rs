@@ -55,6 +55,9 @@ pub struct DiagnosticsService {
 /// Metadata on a call a standby forwarded.
 const FORWARDED: &str = "fleetmirror-forwarded-by";
 
+/// Metadata on a standby's refusal of an agent stream: the leader's `ip:port`, when known.
+pub const LEADER_ADDRESS: &str = "fleetmirror-leader-address";
+
 /// Who answers a Diagnostics call.
 enum Route<T> {
     /// This replica.
@@ -218,6 +221,7 @@ pub struct AgentReportService {
     auth: Authenticator,
     index: Arc<FleetIndex>,
     leader: watch::Receiver<bool>,
+    holder: watch::Receiver<Option<Holder>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -234,8 +238,18 @@ impl AgentService for AgentReportService {
     ) -> Result<Response<AckStream>, Status> {
         if !*self.leader.borrow() {
             self.metrics.reject("not_leader");
-            return Err(Status::unavailable(
+            // Tell the agent where the leader is, so its next attempt goes straight there.
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            let address = self.holder.borrow().as_ref().and_then(|h| h.address);
+            if let Some(a) = address
+                && let Ok(v) = a.to_string().parse()
+            {
+                metadata.insert(LEADER_ADDRESS, v);
+            }
+            return Err(Status::with_metadata(
+                tonic::Code::Unavailable,
                 "this aggregator replica is not the leader; reconnect",
+                metadata,
             ));
         }
         let identity = match self.auth.authenticate(request.metadata()).await {
@@ -400,13 +414,14 @@ impl GrpcServer {
         let diagnostics = DiagnosticsService::new(
             self.index.clone(),
             self.leader.clone(),
-            self.holder,
+            self.holder.clone(),
             self.pod_source,
         );
         let agents = AgentReportService {
             auth: self.auth,
             index: self.index,
             leader: self.leader,
+            holder: self.holder,
             metrics: self.metrics,
             shutdown: shutdown.clone(),
         };

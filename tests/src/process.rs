@@ -32,7 +32,8 @@ pub fn binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .expect("binary mtime");
-    if let Some(newer) = newest_source(&crate::repo_root()).filter(|(t, _)| *t > built) {
+    let own = name.trim_start_matches("fleetmirror-");
+    if let Some(newer) = newest_source(&crate::repo_root(), own).filter(|(t, _)| *t > built) {
         panic!(
             "{} is older than {}: run `cargo build --workspace --bins` (scripts/test.sh does)",
             path.display(),
@@ -42,9 +43,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified Rust source or proto file of the crates the binaries are built
-/// from.
-fn newest_source(root: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+/// The most recently modified Rust source or proto file of the crates binary `own` (`agent`,
+/// `aggregator`) is built from.
+fn newest_source(root: &Path, own: &str) -> Option<(std::time::SystemTime, PathBuf)> {
     fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -62,7 +63,7 @@ fn newest_source(root: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
         }
     }
     let mut newest = None;
-    for krate in ["core", "proto", "runtime", "agent", "aggregator"] {
+    for krate in ["core", "proto", "runtime", own] {
         walk(&root.join(krate), &mut newest);
     }
     newest

@@ -85,6 +85,34 @@ async fn agent_reports_its_node_and_reconnects_after_the_aggregator_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_reaches_a_standby_is_sent_to_the_leader() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "redirect").await;
+    let leader = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    eventually(WAIT, "the first aggregator leads", || async {
+        (leader.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let standby = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    eventually(WAIT, "the second one stands by", || async {
+        (standby.metric("fleetmirror_aggregator_leader") == Some(0.0)).then_some(())
+    })
+    .await;
+    // The agent knows only the standby's address (as if the Service had picked it).
+    let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    sandbox.issue_token(&client, &ns).await;
+    let agent = Agent::start(cp, 0, &sandbox, Some(&standby.grpc_url()), &[]);
+    let url = leader.grpc_url();
+    eventually(WAIT, "the node reports to the leader", || {
+        node_connected(&url, &sandbox.name)
+    })
+    .await;
+    let log = agent.process.log();
+    assert!(log.contains("connecting to the leader"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_silent_agent_turns_its_node_stale() {
     let cp = ControlPlane::shared();
     let client = cp.client(0).await;
