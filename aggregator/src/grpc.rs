@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Instant;
 
 use fleetmirror_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
@@ -181,7 +181,7 @@ impl Diagnostics for DiagnosticsService {
         let ns = require_label("namespace", &r.namespace)?;
         let name = require_label("name", &r.name)?;
         self.index
-            .get_vcluster(ns, name, SystemTime::now())
+            .get_vcluster(ns, name, Instant::now())
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no vCluster {name} in namespace {ns}")))
     }
@@ -194,7 +194,7 @@ impl Diagnostics for DiagnosticsService {
             return leader.list_nodes(r).await;
         }
         Ok(Response::new(ListNodesResponse {
-            nodes: self.index.list_nodes(SystemTime::now()),
+            nodes: self.index.list_nodes(Instant::now()),
         }))
     }
 
@@ -209,7 +209,7 @@ impl Diagnostics for DiagnosticsService {
         let r = request.into_inner();
         let name = require("name", &r.name)?;
         self.index
-            .get_node(name, SystemTime::now())
+            .get_node(name, Instant::now())
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no agent has reported for node {name}")))
     }
@@ -327,7 +327,7 @@ impl AgentReportService {
             Some(Body::Snapshot(_)) => "snapshot",
             _ => "delta",
         };
-        let ack = match self.index.apply(session, report, SystemTime::now()) {
+        let ack = match self.index.apply(session, report, Instant::now()) {
             Ok(()) => {
                 self.metrics
                     .reports

@@ -493,13 +493,13 @@ impl HealthController {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = true;
         // The time the last facts were taken at: staleness is judged as of then.
-        let mut scored_at = SystemTime::now();
+        let mut scored_at = Instant::now();
         loop {
             let now_ts = Timestamp::now();
             let due = vchs.state().iter().any(|v| self.due(v, now_ts));
             if dirty || due {
                 let started = Instant::now();
-                scored_at = SystemTime::now();
+                scored_at = Instant::now();
                 let facts = self.collect(&sts, &deploys, &services, &pod_stores, scored_at);
                 let fleet = score_all(&facts, &Selection::All);
                 self.publish_scores(&fleet);
@@ -521,7 +521,7 @@ impl HealthController {
             let stale_in = self
                 .index
                 .next_stale_at(scored_at)
-                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default() + DEBOUNCE);
+                .map(|t| t.saturating_duration_since(Instant::now()) + DEBOUNCE);
             let turns_stale = async {
                 match stale_in {
                     Some(d) => tokio::time::sleep(d).await,
@@ -557,7 +557,7 @@ impl HealthController {
         deploys: &Store<PartialObjectMeta<Deployment>>,
         services: &[Store<Service>],
         pod_stores: &[Store<Pod>],
-        at: SystemTime,
+        at: Instant,
     ) -> Facts {
         let workloads = sts
             .state()

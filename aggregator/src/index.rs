@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fleetmirror_proto::v1::{
     MountPhase, NodeDetail, NodeReport, NodeSummary, PodState, node_report::Body,
@@ -191,7 +191,11 @@ struct NodeEntry {
     agent_version: String,
     /// The session that owns the node; `None` once its stream ended.
     owner: Option<SessionId>,
-    last_report: SystemTime,
+    /// When the last report arrived, on the monotonic clock: staleness never jumps with the
+    /// wall clock.
+    last_report: Instant,
+    /// The same moment on the wall clock, for display.
+    last_report_at: SystemTime,
     last_sequence: u64,
     /// Pods by host UID.
     pods: BTreeMap<Box<str>, StoredPod>,
@@ -263,7 +267,7 @@ impl FleetIndex {
     }
 
     /// Every reported pod with its node, as of `now`.
-    pub fn agent_facts(&self, now: SystemTime) -> AgentFacts {
+    pub fn agent_facts(&self, now: Instant) -> AgentFacts {
         let inner = self.read();
         let mut facts = AgentFacts::default();
         for (node, e) in &inner.nodes {
@@ -314,7 +318,7 @@ impl FleetIndex {
         &self,
         namespace: &str,
         name: &str,
-        now: SystemTime,
+        now: Instant,
     ) -> Option<fleetmirror_proto::v1::VClusterDetail> {
         let summary = {
             let scores = self.scores.read().unwrap_or_else(|p| p.into_inner());
@@ -389,7 +393,7 @@ impl FleetIndex {
         &self,
         session: SessionId,
         report: NodeReport,
-        now: SystemTime,
+        now: Instant,
     ) -> Result<(), ApplyError> {
         // Heartbeats (empty deltas) change nothing a score depends on, unless they bring a
         // stale node back; the health controller wakes up on its own when a node turns stale
@@ -417,7 +421,7 @@ impl FleetIndex {
         &self,
         session: SessionId,
         report: NodeReport,
-        now: SystemTime,
+        now: Instant,
     ) -> Result<(), ApplyError> {
         validate_report(&report)?;
         let mut inner = self.write();
@@ -445,6 +449,7 @@ impl FleetIndex {
                         agent_version: report.agent_version,
                         owner: Some(session),
                         last_report: now,
+                        last_report_at: SystemTime::now(),
                         last_sequence: report.sequence,
                         pods,
                         errors: snapshot.errors,
@@ -500,6 +505,7 @@ impl FleetIndex {
                 }
                 entry.last_sequence = report.sequence;
                 entry.last_report = now;
+                entry.last_report_at = SystemTime::now();
                 Ok(())
             }
             None => Err(ApplyError::Invalid(
@@ -509,7 +515,7 @@ impl FleetIndex {
     }
 
     /// Every node, sorted by name, as of `now`.
-    pub fn list_nodes(&self, now: SystemTime) -> Vec<NodeSummary> {
+    pub fn list_nodes(&self, now: Instant) -> Vec<NodeSummary> {
         self.read()
             .nodes
             .iter()
@@ -518,7 +524,7 @@ impl FleetIndex {
     }
 
     /// One node's full report, or `None` when no agent reported for it.
-    pub fn get_node(&self, name: &str, now: SystemTime) -> Option<NodeDetail> {
+    pub fn get_node(&self, name: &str, now: Instant) -> Option<NodeDetail> {
         let inner = self.read();
         let entry = inner.nodes.get(name)?;
         let mut pods: Vec<PodState> = entry.pods.iter().map(|(uid, p)| p.to_proto(uid)).collect();
@@ -532,7 +538,7 @@ impl FleetIndex {
     }
 
     /// When the next node that is fresh at `now` turns stale, if it stays silent.
-    pub fn next_stale_at(&self, now: SystemTime) -> Option<SystemTime> {
+    pub fn next_stale_at(&self, now: Instant) -> Option<Instant> {
         self.read()
             .nodes
             .values()
@@ -542,11 +548,11 @@ impl FleetIndex {
             .min()
     }
 
-    fn is_stale(&self, entry: &NodeEntry, now: SystemTime) -> bool {
-        now.duration_since(entry.last_report).unwrap_or_default() > self.stale_after
+    fn is_stale(&self, entry: &NodeEntry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.last_report) > self.stale_after
     }
 
-    fn summary(&self, name: &str, e: &NodeEntry, now: SystemTime) -> NodeSummary {
+    fn summary(&self, name: &str, e: &NodeEntry, now: Instant) -> NodeSummary {
         let count = |phase: MountPhase| {
             e.pods
                 .values()
@@ -558,7 +564,7 @@ impl FleetIndex {
             name: name.to_owned(),
             connected: e.owner.is_some(),
             stale: self.is_stale(e, now),
-            last_report: Some(e.last_report.into()),
+            last_report: Some(e.last_report_at.into()),
             agent_version: e.agent_version.clone(),
             pods: e.pods.len() as u32,
             mounts_mounted: count(MountPhase::Mounted),
@@ -670,17 +676,21 @@ mod tests {
         }
     }
 
-    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+    /// A fixed start for the test clock.
+    fn t0() -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now)
+    }
 
     #[test]
     fn snapshot_then_deltas() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        idx.apply(s, snapshot("n1", 1, vec![pod("a"), pod("b")]), T0)
+        idx.apply(s, snapshot("n1", 1, vec![pod("a"), pod("b")]), t0())
             .unwrap();
-        idx.apply(s, delta("n1", 2, vec![pod("c")], vec!["a"]), T0)
+        idx.apply(s, delta("n1", 2, vec![pod("c")], vec!["a"]), t0())
             .unwrap();
-        let d = idx.get_node("n1", T0).unwrap();
+        let d = idx.get_node("n1", t0()).unwrap();
         let uids: Vec<_> = d.pods.iter().map(|p| p.host_uid.as_str()).collect();
         assert_eq!(uids, ["b", "c"]);
         let sum = d.summary.unwrap();
@@ -693,13 +703,13 @@ mod tests {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
         let e = idx
-            .apply(s, delta("n1", 1, vec![], vec![]), T0)
+            .apply(s, delta("n1", 1, vec![], vec![]), t0())
             .unwrap_err();
         assert_eq!(e, ApplyError::NoSnapshot);
         assert!(e.needs_resync());
-        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        idx.apply(s, snapshot("n1", 1, vec![]), t0()).unwrap();
         let e = idx
-            .apply(s, delta("n1", 3, vec![], vec![]), T0)
+            .apply(s, delta("n1", 3, vec![], vec![]), t0())
             .unwrap_err();
         assert_eq!(
             e,
@@ -710,30 +720,30 @@ mod tests {
         );
         assert!(e.needs_resync());
         // A snapshot at any sequence resets the expectation.
-        idx.apply(s, snapshot("n1", 7, vec![]), T0).unwrap();
-        idx.apply(s, delta("n1", 8, vec![], vec![]), T0).unwrap();
+        idx.apply(s, snapshot("n1", 7, vec![]), t0()).unwrap();
+        idx.apply(s, delta("n1", 8, vec![], vec![]), t0()).unwrap();
     }
 
     #[test]
     fn newer_session_takes_over_and_old_one_is_refused() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let old = idx.open_session();
-        idx.apply(old, snapshot("n1", 1, vec![pod("a")]), T0)
+        idx.apply(old, snapshot("n1", 1, vec![pod("a")]), t0())
             .unwrap();
         let new = idx.open_session();
-        idx.apply(new, snapshot("n1", 1, vec![pod("b")]), T0)
+        idx.apply(new, snapshot("n1", 1, vec![pod("b")]), t0())
             .unwrap();
         let e = idx
-            .apply(old, delta("n1", 2, vec![], vec![]), T0)
+            .apply(old, delta("n1", 2, vec![], vec![]), t0())
             .unwrap_err();
         assert!(matches!(e, ApplyError::Superseded { .. }) && !e.needs_resync());
         // Closing the old session does not disconnect the node the new one owns.
         idx.close_session(old);
-        assert!(idx.list_nodes(T0)[0].connected);
+        assert!(idx.list_nodes(t0())[0].connected);
         idx.close_session(new);
-        assert!(!idx.list_nodes(T0)[0].connected);
+        assert!(!idx.list_nodes(t0())[0].connected);
         assert_eq!(
-            idx.get_node("n1", T0).unwrap().pods[0].host_uid,
+            idx.get_node("n1", t0()).unwrap().pods[0].host_uid,
             "b",
             "data is kept"
         );
@@ -743,27 +753,27 @@ mod tests {
     fn one_stream_reports_one_node() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
-        let e = idx.apply(s, snapshot("n2", 2, vec![]), T0).unwrap_err();
+        idx.apply(s, snapshot("n1", 1, vec![]), t0()).unwrap();
+        let e = idx.apply(s, snapshot("n2", 2, vec![]), t0()).unwrap_err();
         assert!(matches!(e, ApplyError::Invalid(_)));
-        assert!(idx.get_node("n2", T0).is_none());
+        assert!(idx.get_node("n2", t0()).is_none());
     }
 
     #[test]
     fn silent_nodes_turn_stale() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
-        assert!(!idx.list_nodes(T0 + Duration::from_secs(60))[0].stale);
-        assert!(idx.list_nodes(T0 + Duration::from_secs(61))[0].stale);
+        idx.apply(s, snapshot("n1", 1, vec![]), t0()).unwrap();
+        assert!(!idx.list_nodes(t0() + Duration::from_secs(60))[0].stale);
+        assert!(idx.list_nodes(t0() + Duration::from_secs(61))[0].stale);
         idx.apply(
             s,
             delta("n1", 2, vec![], vec![]),
-            T0 + Duration::from_secs(61),
+            t0() + Duration::from_secs(61),
         )
         .unwrap();
         assert!(
-            !idx.list_nodes(T0 + Duration::from_secs(62))[0].stale,
+            !idx.list_nodes(t0() + Duration::from_secs(62))[0].stale,
             "a heartbeat refreshes"
         );
     }
@@ -779,9 +789,9 @@ mod tests {
     async fn heartbeats_wake_the_controller_only_when_they_revive_a_stale_node() {
         let idx = FleetIndex::new(Duration::from_secs(60));
         let s = idx.open_session();
-        idx.apply(s, snapshot("n1", 1, vec![]), T0).unwrap();
+        idx.apply(s, snapshot("n1", 1, vec![]), t0()).unwrap();
         assert!(notified(&idx).await, "a snapshot is a change");
-        let t = |secs| T0 + Duration::from_secs(secs);
+        let t = |secs| t0() + Duration::from_secs(secs);
         idx.apply(s, delta("n1", 2, vec![], vec![]), t(30)).unwrap();
         assert!(
             !notified(&idx).await,
@@ -798,12 +808,16 @@ mod tests {
     #[test]
     fn next_stale_deadline_is_the_first_fresh_node_to_go_silent() {
         let idx = FleetIndex::new(Duration::from_secs(60));
-        assert_eq!(idx.next_stale_at(T0), None, "no nodes, nothing to wait for");
+        assert_eq!(
+            idx.next_stale_at(t0()),
+            None,
+            "no nodes, nothing to wait for"
+        );
         let (a, b) = (idx.open_session(), idx.open_session());
-        idx.apply(a, snapshot("n1", 1, vec![]), T0).unwrap();
-        let t10 = T0 + Duration::from_secs(10);
+        idx.apply(a, snapshot("n1", 1, vec![]), t0()).unwrap();
+        let t10 = t0() + Duration::from_secs(10);
         idx.apply(b, snapshot("n2", 1, vec![]), t10).unwrap();
-        let n1_stale = T0 + Duration::from_millis(60_001);
+        let n1_stale = t0() + Duration::from_millis(60_001);
         assert_eq!(idx.next_stale_at(t10), Some(n1_stale));
         assert!(idx.list_nodes(n1_stale)[0].stale, "stale at the deadline");
         // Once n1 is stale, the next deadline is n2's; after both, none.
@@ -811,7 +825,7 @@ mod tests {
             idx.next_stale_at(n1_stale),
             Some(t10 + Duration::from_millis(60_001))
         );
-        assert_eq!(idx.next_stale_at(T0 + Duration::from_secs(200)), None);
+        assert_eq!(idx.next_stale_at(t0() + Duration::from_secs(200)), None);
     }
 
     #[test]
@@ -867,8 +881,11 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            assert!(matches!(idx.apply(s, bad, T0), Err(ApplyError::Invalid(_))));
+            assert!(matches!(
+                idx.apply(s, bad, t0()),
+                Err(ApplyError::Invalid(_))
+            ));
         }
-        assert!(idx.list_nodes(T0).is_empty());
+        assert!(idx.list_nodes(t0()).is_empty());
     }
 }
