@@ -165,14 +165,21 @@ impl Kernel for LinuxKernel {
         let src = open_target(source, false)?;
         let dst = open_target(target, true)?;
         let target_path = target.path();
-        // Prepared detached, made a slave, then attached: see `mountapi`.
-        match crate::mountapi::clone_tree(&src) {
-            Ok(tree) => {
-                crate::mountapi::make_slave(&tree).map_err(sys("make-slave", &target_path))?;
-                crate::mountapi::attach(tree, &dst).map_err(sys("mount", &target_path))
+        // Prepared detached, made a slave, then attached: see `mountapi`. Where the new mount
+        // API is not available, the classic sequence (dropping a tree dissolves it).
+        use crate::mountapi::{attach, clone_tree, make_slave, unavailable};
+        let tree = match clone_tree(&src) {
+            Ok(tree) => tree,
+            Err(e) if unavailable(e) => return legacy_bind(&src, &dst, target),
+            Err(e) => return Err(sys("open_tree", &source.path())(e)),
+        };
+        match make_slave(&tree) {
+            Ok(()) => attach(tree, &dst).map_err(sys("mount", &target_path)),
+            Err(e) if unavailable(e) => {
+                drop(tree);
+                legacy_bind(&src, &dst, target)
             }
-            Err(Errno::ENOSYS) => legacy_bind(&src, &dst, target),
-            Err(e) => Err(sys("open_tree", &source.path())(e)),
+            Err(e) => Err(sys("make-slave", &target_path)(e)),
         }
     }
 
@@ -199,8 +206,9 @@ impl Kernel for LinuxKernel {
     }
 }
 
-/// Kernels before 5.2 (no `open_tree(2)`): bind, then make the attached copy a slave. On a
-/// shared loft root the copies propagated elsewhere stay peers of the source (see `mountapi`).
+/// Kernels before 5.12 (no `mount_setattr(2)`) or a seccomp filter refusing the new mount API:
+/// bind, then make the attached copy a slave. On a shared loft root the copies propagated
+/// elsewhere stay peers of the source (see `mountapi`).
 fn legacy_bind(src: &OwnedFd, dst: &OwnedFd, target: &Target) -> Result<(), KernelError> {
     let target_path = target.path();
     nix::mount::mount(

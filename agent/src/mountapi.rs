@@ -52,8 +52,8 @@ pub(crate) fn clone_tree(src: &OwnedFd) -> Result<OwnedFd, Errno> {
 }
 
 /// Makes every mount of the detached `tree` a slave: it keeps receiving mount events from its
-/// source's peer group and sends none back. Falls back to `mount(MS_SLAVE | MS_REC)` on the
-/// descriptor for kernels without `mount_setattr(2)` (before 5.12).
+/// source's peer group and sends none back. `ENOSYS` (before 5.12) or `EPERM` (a seccomp
+/// filter) tells the caller to use the classic sequence instead.
 pub(crate) fn make_slave(tree: &OwnedFd) -> Result<(), Errno> {
     let attr = MountAttr {
         attr_set: 0,
@@ -73,17 +73,13 @@ pub(crate) fn make_slave(tree: &OwnedFd) -> Result<(), Errno> {
             std::mem::size_of::<MountAttr>(),
         )
     });
-    match ret {
-        Ok(_) => Ok(()),
-        Err(Errno::ENOSYS) => nix::mount::mount(
-            None::<&str>,
-            format!("/proc/self/fd/{}", tree.as_raw_fd()).as_str(),
-            None::<&str>,
-            nix::mount::MsFlags::MS_SLAVE | nix::mount::MsFlags::MS_REC,
-            None::<&str>,
-        ),
-        Err(e) => Err(e),
-    }
+    ret.map(drop)
+}
+
+/// True when `errno` from the new mount API means "not available here" (an old kernel, or a
+/// seccomp filter), not a failure of this bind.
+pub(crate) fn unavailable(errno: Errno) -> bool {
+    matches!(errno, Errno::ENOSYS | Errno::EPERM)
 }
 
 /// Attaches the detached `tree` on top of the directory `dst` refers to.

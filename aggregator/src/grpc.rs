@@ -63,7 +63,30 @@ enum Route<T> {
     /// This replica.
     Here(Request<T>),
     /// The leader, through this client, with this (marked) request.
-    Leader(DiagnosticsClient<Channel>, Request<T>),
+    Leader(Leader, Request<T>),
+}
+
+/// A client for the leader's Diagnostics.
+struct Leader {
+    client: DiagnosticsClient<Channel>,
+    address: SocketAddr,
+}
+
+impl Leader {
+    /// The leader's own answers pass through as they are; not reaching it (timeout, transport
+    /// error) is UNAVAILABLE, never UNKNOWN or CANCELLED.
+    fn error(&self, s: Status) -> Status {
+        match s.code() {
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                Status::unavailable(format!(
+                    "the leader at {} did not answer: {}",
+                    self.address,
+                    s.message()
+                ))
+            }
+            _ => s,
+        }
+    }
 }
 
 impl DiagnosticsService {
@@ -126,7 +149,13 @@ impl DiagnosticsService {
             FORWARDED,
             tonic::metadata::MetadataValue::from_static("standby"),
         );
-        Ok(Route::Leader(DiagnosticsClient::new(channel), forwarded))
+        Ok(Route::Leader(
+            Leader {
+                client: DiagnosticsClient::new(channel),
+                address,
+            },
+            forwarded,
+        ))
     }
 }
 
@@ -157,7 +186,13 @@ impl Diagnostics for DiagnosticsService {
     ) -> Result<Response<ListVClustersResponse>, Status> {
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
-            Route::Leader(mut leader, r) => return leader.list_v_clusters(r).await,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .list_v_clusters(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
         };
         let ns = request.into_inner().namespace;
         if !ns.is_empty() {
@@ -175,7 +210,13 @@ impl Diagnostics for DiagnosticsService {
     ) -> Result<Response<VClusterDetail>, Status> {
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
-            Route::Leader(mut leader, r) => return leader.get_v_cluster(r).await,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .get_v_cluster(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
         };
         let r = request.into_inner();
         let ns = require_label("namespace", &r.namespace)?;
@@ -191,7 +232,11 @@ impl Diagnostics for DiagnosticsService {
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         if let Route::Leader(mut leader, r) = self.route(request, true)? {
-            return leader.list_nodes(r).await;
+            return leader
+                .client
+                .list_nodes(r)
+                .await
+                .map_err(|e| leader.error(e));
         }
         Ok(Response::new(ListNodesResponse {
             nodes: self.index.list_nodes(Instant::now()),
@@ -204,7 +249,9 @@ impl Diagnostics for DiagnosticsService {
     ) -> Result<Response<NodeDetail>, Status> {
         let request = match self.route(request, true)? {
             Route::Here(r) => r,
-            Route::Leader(mut leader, r) => return leader.get_node(r).await,
+            Route::Leader(mut leader, r) => {
+                return leader.client.get_node(r).await.map_err(|e| leader.error(e));
+            }
         };
         let r = request.into_inner();
         let name = require("name", &r.name)?;

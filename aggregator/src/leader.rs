@@ -28,6 +28,11 @@ pub const LEASE_NAME: &str = "fleetmirror-aggregator";
 /// Annotation on the Lease: the holder's gRPC address (`ip:port`), when it advertises one.
 pub const ADDRESS_ANNOTATION: &str = "fleetmirror.io/grpc-address";
 
+/// Annotation on the Lease: whose address [`ADDRESS_ANNOTATION`] is. An address is used only
+/// while this names the holder (a replica that does not know the annotations, e.g. of an older
+/// version, keeps them when it takes the Lease).
+pub const ADDRESS_OWNER_ANNOTATION: &str = "fleetmirror.io/grpc-address-of";
+
 /// Who leads, as the last attempt saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holder {
@@ -137,8 +142,10 @@ impl LeaderElector {
                     if !valid && *leader.borrow() {
                         tracing::warn!("could not renew the lease in time; stepping down");
                         leader.send_replace(false);
-                        holder.send_replace(None);
                     }
+                    // What the Lease said may be out of date by now: forward nothing, send no
+                    // agent anywhere, until it can be read again.
+                    holder.send_replace(None);
                 }
             }
             tokio::select! {
@@ -165,10 +172,13 @@ impl LeaderElector {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(LEASE_NAME.into()),
-                    annotations: self
-                        .config
-                        .advertise
-                        .map(|a| [(ADDRESS_ANNOTATION.to_owned(), a.to_string())].into()),
+                    annotations: self.config.advertise.map(|a| {
+                        [
+                            (ADDRESS_ANNOTATION.to_owned(), a.to_string()),
+                            (ADDRESS_OWNER_ANNOTATION.to_owned(), me.clone()),
+                        ]
+                        .into()
+                    }),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -189,13 +199,7 @@ impl LeaderElector {
         let spec = lease.spec.get_or_insert_with(Default::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         if holder != *me && !holder.is_empty() && !expired(spec, now) {
-            // Written by another replica: used only if it parses as an address.
-            let address = lease
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ADDRESS_ANNOTATION))
-                .and_then(|a| a.parse().ok());
+            let address = holder_address(&lease, &holder);
             return Ok(Attempt::HeldBy(Holder {
                 identity: holder,
                 address,
@@ -208,7 +212,7 @@ impl LeaderElector {
         }
         spec.renew_time = Some(MicroTime(now));
         spec.lease_duration_seconds = Some(duration_secs);
-        set_address(&mut lease, self.config.advertise);
+        set_address(&mut lease, self.config.advertise, me);
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
         match self
             .api
@@ -230,7 +234,7 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        set_address(&mut lease, None);
+        set_address(&mut lease, None, "");
         self.api
             .replace(LEASE_NAME, &PostParams::default(), &lease)
             .await
@@ -238,16 +242,32 @@ impl LeaderElector {
     }
 }
 
-/// Sets (or removes) the holder's address annotation.
-fn set_address(lease: &mut Lease, address: Option<std::net::SocketAddr>) {
+/// The address `holder` advertises on `lease`. Written by another replica: used only if it is
+/// the holder's (see [`ADDRESS_OWNER_ANNOTATION`]) and parses as `ip:port`.
+fn holder_address(lease: &Lease, holder: &str) -> Option<std::net::SocketAddr> {
+    let a = lease.metadata.annotations.as_ref()?;
+    if a.get(ADDRESS_OWNER_ANNOTATION).map(String::as_str) != Some(holder) {
+        return None;
+    }
+    a.get(ADDRESS_ANNOTATION)?.parse().ok()
+}
+
+/// Sets (or removes) the holder's address annotations.
+fn set_address(lease: &mut Lease, address: Option<std::net::SocketAddr>, holder: &str) {
     let annotations = lease
         .metadata
         .annotations
         .get_or_insert_with(Default::default);
     match address {
-        Some(a) => annotations.insert(ADDRESS_ANNOTATION.into(), a.to_string()),
-        None => annotations.remove(ADDRESS_ANNOTATION),
-    };
+        Some(a) => {
+            annotations.insert(ADDRESS_ANNOTATION.into(), a.to_string());
+            annotations.insert(ADDRESS_OWNER_ANNOTATION.into(), holder.into());
+        }
+        None => {
+            annotations.remove(ADDRESS_ANNOTATION);
+            annotations.remove(ADDRESS_OWNER_ANNOTATION);
+        }
+    }
 }
 
 /// True when the Lease's holder failed to renew within its duration.
@@ -276,6 +296,31 @@ mod tests {
             lease_duration_seconds: Some(duration),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_address_is_used_only_when_it_is_the_holders() {
+        let mut lease = Lease::default();
+        set_address(&mut lease, Some("10.0.0.7:9090".parse().unwrap()), "agg-a");
+        assert_eq!(
+            holder_address(&lease, "agg-a"),
+            Some("10.0.0.7:9090".parse().unwrap())
+        );
+        assert_eq!(
+            holder_address(&lease, "agg-b"),
+            None,
+            "left by another replica"
+        );
+        lease
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ADDRESS_ANNOTATION.into(), "http://evil.example/".into());
+        assert_eq!(holder_address(&lease, "agg-a"), None, "not an ip:port");
+        set_address(&mut lease, None, "");
+        assert_eq!(holder_address(&lease, "agg-a"), None);
+        assert!(lease.metadata.annotations.unwrap().is_empty());
     }
 
     #[test]

@@ -252,11 +252,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let pods_dir = input.roots.pods_dir();
     let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
     let mut hostpath_parents: BTreeSet<Target> = BTreeSet::new();
+    // vCluster → owner of its loft tree, found once per pass (it scans the mount table).
+    let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
 
     for pod in input.pods {
         let mut states = Vec::with_capacity(input.layouts.len());
         for &layout in input.layouts {
-            let (target, mut phase) = decide(input, pod, layout, &pods_dir, &mut wanted);
+            let (target, mut phase) =
+                decide(input, pod, layout, &pods_dir, &mut wanted, &mut owners);
             // A pod that is only *waiting* (its control plane is briefly unknown, e.g. while a
             // StatefulSet is re-created; its directory is gone while the object still exists)
             // keeps an existing mount: consumers must see no gap. Only a pod that is gone, or
@@ -372,6 +375,7 @@ fn decide(
     layout: Layout,
     pods_dir: &Path,
     wanted: &mut BTreeSet<PathBuf>,
+    owners: &mut BTreeMap<String, Option<String>>,
 ) -> (Option<Target>, Phase) {
     let s = &pod.synced;
     if let Some(reason) = &s.refusal {
@@ -417,7 +421,10 @@ fn decide(
         );
     }
     if layout.shared_by_name() {
-        let winner = loft_owner(input, &s.vcluster, homes);
+        let winner = owners
+            .entry(s.vcluster.clone())
+            .or_insert_with(|| loft_owner(input, &s.vcluster, homes).map(str::to_owned))
+            .as_deref();
         if winner != Some(pod.host_namespace.as_str()) {
             let tree = t.parent().parent().path();
             let reason = format!(

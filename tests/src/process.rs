@@ -28,45 +28,41 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     // `cargo test -p fleetmirror-tests` does not rebuild the binaries it runs: refuse to test
-    // an old build against new sources.
+    // an old build against new sources (those cargo's dep-info lists for the binary).
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .expect("binary mtime");
-    let own = name.trim_start_matches("fleetmirror-");
-    if let Some(newer) = newest_source(&crate::repo_root(), own).filter(|(t, _)| *t > built) {
+    let newer = build_inputs(&path.with_extension("d"))
+        .into_iter()
+        .find(|f| {
+            std::fs::metadata(f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        });
+    if let Some(newer) = newer {
         panic!(
             "{} is older than {}: run `cargo build --workspace --bins` (scripts/test.sh does)",
             path.display(),
-            newer.1.display()
+            newer.display()
         );
     }
     path
 }
 
-/// The most recently modified Rust source or proto file of the crates binary `own` (`agent`,
-/// `aggregator`) is built from.
-fn newest_source(root: &Path, own: &str) -> Option<(std::time::SystemTime, PathBuf)> {
-    fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, newest);
-            } else if p.extension().is_some_and(|x| x == "rs" || x == "proto")
-                && let Ok(t) = e.metadata().and_then(|m| m.modified())
-                && newest.as_ref().is_none_or(|(n, _)| t > *n)
-            {
-                *newest = Some((t, p));
-            }
-        }
-    }
-    let mut newest = None;
-    for krate in ["core", "proto", "runtime", own] {
-        walk(&root.join(krate), &mut newest);
-    }
-    newest
+/// The input files of a build, from cargo's dep-info file (`<binary>.d`: `target: input…`,
+/// spaces in paths escaped as `\ `). None when it is missing.
+fn build_inputs(dep_info: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(dep_info) else {
+        return vec![];
+    };
+    let Some((_, inputs)) = text.lines().next().and_then(|l| l.split_once(": ")) else {
+        return vec![];
+    };
+    inputs
+        .replace("\\ ", "\0")
+        .split_whitespace()
+        .map(|p| PathBuf::from(p.replace('\0', " ")))
+        .collect()
 }
 
 /// A free TCP port on 127.0.0.1.
