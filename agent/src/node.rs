@@ -25,12 +25,9 @@ use fleetmirror_core::plan::{
 };
 use fleetmirror_core::pod::{PodClass, PodMeta, classify};
 use fleetmirror_proto::v1::{MountPhase, MountState, PodState};
-use fleetmirror_runtime::watch::{trim_meta, trim_pod, watch_store};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use fleetmirror_runtime::watch::{ControlPlaneStores, trim_pod, watch_store};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -405,16 +402,8 @@ fn bound_errors(mut errors: Vec<String>) -> Vec<String> {
     errors.iter().map(|e| clip(e)).collect()
 }
 
-fn control_planes(
-    sts: &Store<PartialObjectMeta<StatefulSet>>,
-    deploys: &Store<PartialObjectMeta<Deployment>>,
-) -> BTreeMap<String, BTreeSet<ControlPlane>> {
+fn control_planes(metas: Vec<ObjectMeta>) -> BTreeMap<String, BTreeSet<ControlPlane>> {
     let mut out: BTreeMap<String, BTreeSet<ControlPlane>> = BTreeMap::new();
-    let metas = sts
-        .state()
-        .into_iter()
-        .map(|o| o.metadata.clone())
-        .chain(deploys.state().into_iter().map(|o| o.metadata.clone()));
     for m in metas {
         let labels = m.labels.unwrap_or_default();
         let Some(release) = labels.get(fleetmirror_core::naming::LABEL_RELEASE) else {
@@ -458,28 +447,7 @@ pub async fn run<K: Kernel + 'static>(
         "pods",
         &shutdown,
     );
-    let selector = format!(
-        "{}={}",
-        fleetmirror_core::naming::LABEL_APP,
-        fleetmirror_core::naming::APP_VCLUSTER
-    );
-    // Api<PartialObjectMeta<K>> makes metadata-only requests: a handful of small objects.
-    let sts = watch_store(
-        Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
-        trim_meta,
-        &trigger,
-        "statefulsets",
-        &shutdown,
-    );
-    let deploys = watch_store(
-        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
-        trim_meta,
-        &trigger,
-        "deployments",
-        &shutdown,
-    );
+    let control_planes_watch = ControlPlaneStores::start(&client, &trigger, &shutdown);
     crate::inotify::watch_pods_dir(
         config.roots.pods_dir(),
         trigger.clone(),
@@ -488,7 +456,7 @@ pub async fn run<K: Kernel + 'static>(
     );
 
     tokio::select! {
-        r = async { tokio::try_join!(pods.wait_until_ready(), sts.wait_until_ready(), deploys.wait_until_ready()) } => {
+        r = async { tokio::try_join!(pods.wait_until_ready(), control_planes_watch.wait_until_ready()) } => {
             if r.is_err() { return Ok(()); }
         }
         _ = shutdown.cancelled() => return Ok(()),
@@ -500,7 +468,7 @@ pub async fn run<K: Kernel + 'static>(
     loop {
         let view = ApiView {
             pods: pods.state(),
-            control_planes: control_planes(&sts, &deploys),
+            control_planes: control_planes(control_planes_watch.metadata()),
         };
         let (node_state, retry_at) = reconciler.pass(&view);
         // `None` until the first pass: the reporter sends no snapshot before there is one.
@@ -538,7 +506,6 @@ mod tests {
     use super::*;
     use crate::kernel::{Call, RecordingKernel};
     use k8s_openapi::api::core::v1::PodSpec;
-    use kube::api::ObjectMeta;
 
     const HOST_UID: &str = "11111111-1111-4111-8111-111111111111";
     const OTHER_UID: &str = "22222222-2222-4222-8222-222222222222";

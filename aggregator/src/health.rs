@@ -22,14 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use fleetmirror_core::health::{self, PodFact, Selection, ServiceFact, VClusterKey, Workload};
 use fleetmirror_proto::v1::VClusterSummary;
 use fleetmirror_runtime::watch::{
-    trim_managed_fields, trim_meta, trim_pod, trim_service, watch_store,
+    ControlPlaneStores, trim_managed_fields, trim_pod, trim_service, watch_store,
 };
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -402,22 +400,7 @@ impl HealthController {
             fleetmirror_core::naming::LABEL_APP,
             fleetmirror_core::naming::APP_VCLUSTER
         );
-        let sts = watch_store(
-            Api::<PartialObjectMeta<StatefulSet>>::all(c.clone()),
-            watcher::Config::default().labels(&app),
-            trim_meta,
-            &trigger,
-            "statefulsets",
-            &shutdown,
-        );
-        let deploys = watch_store(
-            Api::<PartialObjectMeta<Deployment>>::all(c.clone()),
-            watcher::Config::default().labels(&app),
-            trim_meta,
-            &trigger,
-            "deployments",
-            &shutdown,
-        );
+        let workloads = ControlPlaneStores::start(c, &trigger, &shutdown);
         let svc_selectors = [
             app.clone(),
             fleetmirror_core::naming::LABEL_MANAGED_BY.into(),
@@ -465,8 +448,7 @@ impl HealthController {
         };
 
         let ready = async {
-            sts.wait_until_ready().await?;
-            deploys.wait_until_ready().await?;
+            workloads.wait_until_ready().await?;
             vchs.wait_until_ready().await?;
             for s in &services {
                 s.wait_until_ready().await?;
@@ -500,7 +482,7 @@ impl HealthController {
             if dirty || due {
                 let started = Instant::now();
                 scored_at = Instant::now();
-                let facts = self.collect(&sts, &deploys, &services, &pod_stores, scored_at);
+                let facts = self.collect(&workloads, &services, &pod_stores, scored_at);
                 let fleet = score_all(&facts, &Selection::All);
                 self.publish_scores(&fleet);
                 if *self.leader.borrow() {
@@ -553,27 +535,20 @@ impl HealthController {
 
     fn collect(
         &self,
-        sts: &Store<PartialObjectMeta<StatefulSet>>,
-        deploys: &Store<PartialObjectMeta<Deployment>>,
+        workloads: &ControlPlaneStores,
         services: &[Store<Service>],
         pod_stores: &[Store<Pod>],
         at: Instant,
     ) -> Facts {
-        let workloads = sts
-            .state()
-            .iter()
-            .map(|o| {
+        let workloads = workloads
+            .metadata()
+            .into_iter()
+            .map(|m| {
                 (
-                    o.metadata.namespace.clone().unwrap_or_default(),
-                    o.metadata.labels.clone().unwrap_or_default(),
+                    m.namespace.unwrap_or_default(),
+                    m.labels.unwrap_or_default(),
                 )
             })
-            .chain(deploys.state().iter().map(|o| {
-                (
-                    o.metadata.namespace.clone().unwrap_or_default(),
-                    o.metadata.labels.clone().unwrap_or_default(),
-                )
-            }))
             .collect();
         let mut seen = BTreeSet::new();
         let services = services

@@ -395,34 +395,21 @@ impl FleetIndex {
         report: NodeReport,
         now: Instant,
     ) -> Result<(), ApplyError> {
-        // Heartbeats (empty deltas) change nothing a score depends on, unless they bring a
-        // stale node back; the health controller wakes up on its own when a node turns stale
-        // (see `next_stale_at`).
-        let content = match &report.body {
-            Some(Body::Delta(d)) => !d.upserted.is_empty() || !d.removed_host_uids.is_empty(),
-            _ => true,
-        };
-        let was_stale = {
-            let inner = self.read();
-            inner
-                .sessions
-                .get(&session)
-                .and_then(|node| inner.nodes.get(node))
-                .is_some_and(|e| self.is_stale(e, now))
-        };
-        let result = self.apply_inner(session, report, now);
-        if result.is_ok() && (content || was_stale) {
+        if self.apply_inner(session, report, now)? {
             self.changed.notify_one();
         }
-        result
+        Ok(())
     }
 
+    /// Applies a report; true when it changed something a score depends on. Heartbeats (empty
+    /// deltas) do not, unless they bring a stale node back; the health controller wakes up on
+    /// its own when a node turns stale (see `next_stale_at`).
     fn apply_inner(
         &self,
         session: SessionId,
         report: NodeReport,
         now: Instant,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<bool, ApplyError> {
         validate_report(&report)?;
         let mut inner = self.write();
         let bound = inner.sessions.get(&session).cloned();
@@ -456,7 +443,7 @@ impl FleetIndex {
                     },
                 );
                 inner.names.prune();
-                Ok(())
+                Ok(true)
             }
             Some(Body::Delta(delta)) => {
                 if bound.is_none() {
@@ -488,6 +475,7 @@ impl FleetIndex {
                         "more than {MAX_PODS_PER_NODE} pods on one node"
                     )));
                 }
+                let content = !delta.upserted.is_empty() || !delta.removed_host_uids.is_empty();
                 for uid in &delta.removed_host_uids {
                     entry.pods.remove(uid.as_str());
                 }
@@ -503,10 +491,11 @@ impl FleetIndex {
                 } else if !delta.errors.is_empty() {
                     entry.errors = delta.errors;
                 }
+                let revived = self.is_stale(entry, now);
                 entry.last_sequence = report.sequence;
                 entry.last_report = now;
                 entry.last_report_at = SystemTime::now();
-                Ok(())
+                Ok(content || revived)
             }
             None => Err(ApplyError::Invalid(
                 "report has neither snapshot nor delta".into(),

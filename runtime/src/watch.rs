@@ -11,13 +11,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleetmirror_core::naming::KEYS_READ;
+use fleetmirror_core::naming::{self, KEYS_READ};
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
 };
 use kube::Resource;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
@@ -61,6 +63,60 @@ where
 /// name is at most 253 characters, a UID 36), and a cut invalid value stays invalid, so
 /// refusals are unchanged; an annotation cannot make a store grow by its 256 KiB.
 pub const MAX_VALUE_LEN: usize = 256;
+
+/// Every vCluster's control-plane workloads: StatefulSets and Deployments labelled
+/// `app=vcluster`, watched metadata-only (`PartialObjectMeta`) and trimmed. Both binaries
+/// discover vClusters from them.
+#[derive(Debug)]
+pub struct ControlPlaneStores {
+    statefulsets: Store<PartialObjectMeta<StatefulSet>>,
+    deployments: Store<PartialObjectMeta<Deployment>>,
+}
+
+impl ControlPlaneStores {
+    /// Starts both watches; every event notifies `trigger`.
+    pub fn start(
+        client: &kube::Client,
+        trigger: &Arc<Notify>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let selector = format!("{}={}", naming::LABEL_APP, naming::APP_VCLUSTER);
+        Self {
+            statefulsets: watch_store(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(&selector),
+                trim_meta,
+                trigger,
+                "statefulsets",
+                shutdown,
+            ),
+            deployments: watch_store(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(&selector),
+                trim_meta,
+                trigger,
+                "deployments",
+                shutdown,
+            ),
+        }
+    }
+
+    /// Resolves once both watches listed everything.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.statefulsets.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await
+    }
+
+    /// The (trimmed) metadata of every control-plane workload.
+    pub fn metadata(&self) -> Vec<ObjectMeta> {
+        let sts = self.statefulsets.state();
+        let deploys = self.deployments.state();
+        sts.iter()
+            .map(|o| o.metadata.clone())
+            .chain(deploys.iter().map(|o| o.metadata.clone()))
+            .collect()
+    }
+}
 
 fn retain_read_keys(map: &mut Option<BTreeMap<String, String>>) {
     if let Some(m) = map {
@@ -143,24 +199,23 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
     use kube::api::ObjectMeta;
 
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn meta() -> ObjectMeta {
-        let map = |pairs: &[(&str, &str)]| {
-            Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
         ObjectMeta {
             name: Some("vc".into()),
             namespace: Some("team".into()),
             uid: Some("u".into()),
-            labels: map(&[("app", "vcluster"), ("tenant-label", "x")]),
-            annotations: map(&[
+            labels: Some(map(&[("app", "vcluster"), ("tenant-label", "x")])),
+            annotations: Some(map(&[
                 ("vcluster.loft.sh/object-name", "kube-dns"),
                 ("kubectl.kubernetes.io/last-applied-configuration", "{…}"),
-            ]),
+            ])),
             managed_fields: Some(vec![ManagedFieldsEntry::default()]),
             ..Default::default()
         }
@@ -211,12 +266,6 @@ mod tests {
             (vec![("app", "web")], vec![]),
         ];
         for (labels, annotations) in cases {
-            let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            };
             let mut pod = Pod::default();
             pod.metadata.labels = Some(map(&labels));
             pod.metadata.annotations = Some(map(&annotations));

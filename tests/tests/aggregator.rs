@@ -29,63 +29,43 @@ async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
 }
 
-async fn reflection_services_v1(url: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(fleetmirror_tests::channel(url).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection call")
-        .into_inner();
-    match resp
-        .next()
-        .await
-        .expect("a response")
-        .expect("ok")
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// Defines `$name(url)`: the services the reflection API of version `$v` (`v1`, `v1alpha`:
+/// the same messages in two generated modules) lists.
+macro_rules! reflection_services {
+    ($name:ident, $v:ident) => {
+        async fn $name(url: &str) -> Vec<String> {
+            use tonic_reflection::pb::$v::ServerReflectionRequest;
+            use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+            let mut client = ServerReflectionClient::new(fleetmirror_tests::channel(url).await);
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut resp = client
+                .server_reflection_info(tokio_stream::iter([req]))
+                .await
+                .expect("reflection call")
+                .into_inner();
+            match resp
+                .next()
+                .await
+                .expect("a response")
+                .expect("ok")
+                .message_response
+            {
+                Some(MessageResponse::ListServicesResponse(l)) => {
+                    l.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection response {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection response {other:?}"),
-    }
+    };
 }
 
-async fn reflection_services_v1alpha(url: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(fleetmirror_tests::channel(url).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection call")
-        .into_inner();
-    match resp
-        .next()
-        .await
-        .expect("a response")
-        .expect("ok")
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection response {other:?}"),
-    }
-}
+reflection_services!(reflection_services_v1, v1);
+reflection_services!(reflection_services_v1alpha, v1alpha);
 
 fn grpcurl(args: &[&str]) -> (bool, String) {
     let bin = fleetmirror_tests::tools_bin().join("grpcurl");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleetmirror_aggregator::crd::{SyncCoverage, VClusterHealth};
+use fleetmirror_aggregator::crd::{SyncCoverage, VClusterHealth, VClusterHealthStatus};
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::{GetVClusterRequest, ListVClustersRequest, VClusterSummary};
 use fleetmirror_tests::cluster::{ControlPlane, namespace};
@@ -15,6 +15,7 @@ use fleetmirror_tests::footprint::{
 use fleetmirror_tests::node::NodeSandbox;
 use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, http_get};
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, PostParams};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,12 +46,29 @@ async fn create_fleet_named(
         .unwrap();
 }
 
-async fn coverage(client: &kube::Client, ns: &str) -> Vec<SyncCoverage> {
-    let vch = Api::<VClusterHealth>::namespaced(client.clone(), ns)
-        .get("fleet")
+/// The status of VClusterHealth `ns/name`, once it has one.
+async fn status(client: &kube::Client, ns: &str, name: &str) -> Option<VClusterHealthStatus> {
+    Api::<VClusterHealth>::namespaced(client.clone(), ns)
+        .get(name)
         .await
-        .unwrap();
-    vch.status.map(|s| s.sync_coverage).unwrap_or_default()
+        .ok()?
+        .status
+}
+
+/// Condition `type_` of VClusterHealth `ns/name`.
+async fn condition(client: &kube::Client, ns: &str, name: &str, type_: &str) -> Option<Condition> {
+    status(client, ns, name)
+        .await?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+}
+
+async fn coverage(client: &kube::Client, ns: &str) -> Vec<SyncCoverage> {
+    status(client, ns, "fleet")
+        .await
+        .map(|s| s.sync_coverage)
+        .unwrap_or_default()
 }
 
 fn signals(c: &SyncCoverage) -> [bool; 6] {
@@ -184,21 +202,21 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
         .get("fleet")
         .await
         .unwrap();
-    let status = vch.status.unwrap();
-    assert!(status.last_updated.is_some());
-    assert_eq!(status.observed_generation, vch.metadata.generation);
-    let summary = status.summary.unwrap();
+    let fleet = vch.status.unwrap();
+    assert!(fleet.last_updated.is_some());
+    assert_eq!(fleet.observed_generation, vch.metadata.generation);
+    let summary = fleet.summary.unwrap();
     assert_eq!(
         (summary.total, summary.full, summary.lowest_score),
         (cov.len() as i32, 2, 0)
     );
-    let ready = status
+    let ready = fleet
         .conditions
         .iter()
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert_eq!(ready.status, "True");
-    let api_ref = status
+    let api_ref = fleet
         .clusters
         .iter()
         .find(|c| c.namespace == ns1 && c.name == "full")
@@ -227,11 +245,7 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
     let selected = |name: &'static str| {
         let client = client.clone();
         async move {
-            let s = Api::<VClusterHealth>::namespaced(client, "default")
-                .get(name)
-                .await
-                .ok()?
-                .status?;
+            let s = status(&client, "default", name).await?;
             let mut v: Vec<String> = s
                 .sync_coverage
                 .iter()
@@ -361,15 +375,7 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
     // A hostile spec: a clear condition and a Warning Event, and nothing else breaks.
     create_fleet_named(&client, "default", "broken", "Bad/Namespace", 1).await;
     eventually(WAIT, "Ready=False InvalidSpec", || async {
-        let vch = Api::<VClusterHealth>::namespaced(client.clone(), "default")
-            .get("broken")
-            .await
-            .ok()?;
-        let c = vch
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
+        let c = condition(&client, "default", "broken", "Ready").await?;
         (c.status == "False" && c.reason == "InvalidSpec").then_some(())
     })
     .await;
@@ -463,15 +469,7 @@ async fn agent_reports_give_the_same_signals_as_the_api_and_silence_is_flagged()
 
     // No agent yet: AgentsReporting=False, pod signals false.
     eventually(WAIT, "AgentsReporting=False without agents", || async {
-        let vch = Api::<VClusterHealth>::namespaced(client.clone(), &ns)
-            .get("fleet")
-            .await
-            .ok()?;
-        let c = vch
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "AgentsReporting")?;
+        let c = condition(&client, &ns, "fleet", "AgentsReporting").await?;
         (c.status == "False" && c.reason == "NoAgentReports").then_some(())
     })
     .await;
@@ -531,11 +529,7 @@ async fn agent_reports_give_the_same_signals_as_the_api_and_silence_is_flagged()
     // The agent goes silent: its pod facts are flagged, not trusted.
     agent.process.kill();
     eventually(WAIT, "podsStale and AgentsReporting=False", || async {
-        let vch = Api::<VClusterHealth>::namespaced(client.clone(), &ns)
-            .get("fleet")
-            .await
-            .ok()?;
-        let s = vch.status?;
+        let s = status(&client, &ns, "fleet").await?;
         let stale = s
             .sync_coverage
             .iter()
