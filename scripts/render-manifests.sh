@@ -34,6 +34,7 @@ validate=$bin/kubernetes-validate
 # Value sets rendered and validated by --check besides the defaults.
 variants=(
   "--set agent.mountLayouts={loft,loft-flat,vcluster-hostpath}"
+  "--set agent.mountLayouts={vcluster-hostpath}"
   "--set aggregator.replicas=1 --set aggregator.leaderElect=false --set aggregator.podSource=api"
 )
 

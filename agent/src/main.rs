@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fleetmirror_agent::args::Args;
+use fleetmirror_agent::args::{Args, Layout};
 use fleetmirror_agent::kernel::LinuxKernel;
 use fleetmirror_agent::metrics::Metrics;
 use fleetmirror_agent::node::{NodeConfig, NodeReconciler};
@@ -42,8 +42,10 @@ fn main() -> anyhow::Result<()> {
 
 /// Resolves the roots once: mountinfo shows canonical paths, and the planner compares paths,
 /// so a root reached through a symlink would never match (and be mounted again every pass).
-/// The kubelet root must exist; our roots are created when missing. A root writable by
-/// anyone but root is a warning: whoever can write it can race the agent's directories.
+/// The kubelet root must exist. Only the roots of enabled layouts are touched — created when
+/// missing, resolved, checked: the DaemonSet mounts no other (its root filesystem is
+/// read-only), and nothing the agent writes lives anywhere else. A root writable by anyone
+/// but root is a warning: whoever can write it can race the agent's directories.
 fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     args.kubelet_root = std::fs::canonicalize(&args.kubelet_root).with_context(|| {
@@ -52,10 +54,22 @@ fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
             args.kubelet_root.display()
         )
     })?;
-    for (flag, root) in [
-        ("--loft-root", &mut args.loft_root),
-        ("--vcluster-hostpath-root", &mut args.vcluster_hostpath_root),
+    let loft = args
+        .mount_layout
+        .iter()
+        .any(|l| matches!(l, Layout::Loft | Layout::LoftFlat));
+    let hostpath = args.mount_layout.contains(&Layout::VclusterHostpath);
+    for (flag, root, enabled) in [
+        ("--loft-root", &mut args.loft_root, loft),
+        (
+            "--vcluster-hostpath-root",
+            &mut args.vcluster_hostpath_root,
+            hostpath,
+        ),
     ] {
+        if !enabled {
+            continue;
+        }
         std::fs::create_dir_all(&*root)
             .with_context(|| format!("creating {flag} {}", root.display()))?;
         *root =

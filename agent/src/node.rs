@@ -264,7 +264,8 @@ impl<K: Kernel> NodeReconciler<K> {
                     }
                 }
                 Action::Unmount { target, source } => {
-                    let Some(t) = owned_target(&self.config.roots, target) else {
+                    let Some(t) = owned_target(&self.config.roots, &self.config.layouts, target)
+                    else {
                         continue;
                     };
                     match self.kernel.unmount(&t) {
@@ -359,22 +360,20 @@ impl<K: Kernel> NodeReconciler<K> {
     }
 }
 
-/// `target` as a [`Target`] under whichever of our roots holds it (plan only emits unmounts
-/// for paths with a target's shape under our roots).
-fn owned_target(roots: &Roots, target: &std::path::Path) -> Option<Target> {
-    [&roots.loft, &roots.vcluster_hostpath]
-        .into_iter()
-        .find_map(|root| {
-            let rest = target.strip_prefix(root).ok()?;
-            let components = rest
-                .iter()
-                .map(|c| c.to_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()?;
-            Some(Target {
-                root: root.clone(),
-                components,
-            })
+/// `target` as a [`Target`] under whichever of our roots (those of enabled layouts) holds it;
+/// plan only emits unmounts for paths with a target's shape under them.
+fn owned_target(roots: &Roots, layouts: &[Layout], target: &std::path::Path) -> Option<Target> {
+    roots.owned(layouts).find_map(|root| {
+        let rest = target.strip_prefix(root).ok()?;
+        let components = rest
+            .iter()
+            .map(|c| c.to_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Target {
+            root: root.to_path_buf(),
+            components,
         })
+    })
 }
 
 /// The longest string the agent reports in one field (the aggregator accepts 1024 bytes).

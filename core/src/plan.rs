@@ -11,7 +11,7 @@
 //!   a tree: the oldest control plane wins, the other is `conflict`;
 //! * a target that already holds a bind of the right source is adopted, not mounted again; a
 //!   target that holds anything else is left alone and reported;
-//! * a mount is ours only if its mount point is under one of our roots *and* it is a bind of
+//! * a mount is ours only if its mount point is under the root of an enabled layout *and* it is a bind of
 //!   a directory directly under `<kubelet-root>/pods` (whatever path a tenant may have moved it
 //!   to); ours and no longer wanted means unmount. Nothing else is ever touched;
 //! * a pod that is only waiting (control plane briefly unknown, directory gone while the object
@@ -78,6 +78,20 @@ impl Roots {
             Layout::Loft | Layout::LoftFlat => &self.loft,
             Layout::VclusterHostpath => &self.vcluster_hostpath,
         }
+    }
+
+    /// The roots the agent owns with `layouts` enabled: a root of a layout that is not
+    /// enabled is not ours (the DaemonSet does not even mount it), so nothing there is
+    /// created, adopted or collected.
+    pub fn owned<'a>(&'a self, layouts: &'a [Layout]) -> impl Iterator<Item = &'a Path> + 'a {
+        let mut seen: Vec<&Path> = Vec::with_capacity(2);
+        layouts.iter().filter_map(move |&l| {
+            let root = self.root_of(l);
+            (!seen.contains(&root)).then(|| {
+                seen.push(root);
+                root
+            })
+        })
     }
 }
 
@@ -317,8 +331,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let point = &e.mount_point;
         // Anything under our roots that is a bind of a kubelet pod directory is ours, whatever
         // its path became (a tenant may rename a directory that holds one of our mounts).
-        let under_roots = point.starts_with(&input.roots.loft)
-            || point.starts_with(&input.roots.vcluster_hostpath);
+        let under_roots = input
+            .roots
+            .owned(input.layouts)
+            .any(|root| point.starts_with(root));
         if wanted.contains(point) || !seen.insert(point.clone()) || !under_roots {
             continue;
         }
@@ -711,6 +727,30 @@ mod tests {
             ],
             "adopted, not re-mounted; only our own stale mounts are removed"
         );
+    }
+
+    #[test]
+    fn roots_of_disabled_layouts_are_not_ours() {
+        let mounts = format!(
+            "10 1 8:1 /k/pods/{U2} /hp/team-a/vc/kubelet/pods/{V2} rw - ext4 /dev/sda rw\n\
+             11 1 8:1 /k/pods/{U2} /loft/vc/kubelet/pods/{V2} rw - ext4 /dev/sda rw\n"
+        );
+        let p = run(&[Layout::Loft], &[], &BTreeMap::new(), &[], &mounts);
+        assert_eq!(
+            p.actions,
+            [Action::Unmount {
+                target: format!("/loft/vc/kubelet/pods/{V2}").into(),
+                source: format!("/k/pods/{U2}").into()
+            }],
+            "the vcluster-hostpath root is not ours while its layout is off"
+        );
+        let r = roots();
+        assert_eq!(r.owned(&[Layout::LoftFlat, Layout::Loft]).count(), 1);
+        assert_eq!(
+            r.owned(&Layout::ALL).collect::<Vec<_>>(),
+            [Path::new("/loft"), Path::new("/hp")]
+        );
+        assert_eq!(r.owned(&[]).count(), 0);
     }
 
     #[test]

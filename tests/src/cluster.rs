@@ -144,9 +144,6 @@ pub async fn agent_token(
     service_account: &str,
     bound: bool,
 ) -> String {
-    use k8s_openapi::api::authentication::v1::{
-        BoundObjectReference, TokenRequest, TokenRequestSpec,
-    };
     use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ServiceAccount};
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
     let sa = ServiceAccount {
@@ -161,48 +158,95 @@ pub async fn agent_token(
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("creating ServiceAccount {service_account}: {e}"),
     }
-    let bound_object_ref = if bound {
-        let pod = Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{service_account}-{}", crate::suffix())),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(node.into()),
-                service_account_name: Some(service_account.into()),
-                containers: vec![Container {
-                    name: "agent".into(),
-                    image: Some("registry.invalid/agent:0".into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
+    if !bound {
+        return token(
+            client,
+            namespace,
+            service_account,
+            None,
+            Some("fleetmirror"),
+            Some(3600),
+        )
+        .await;
+    }
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{service_account}-{}", crate::suffix())),
             ..Default::default()
-        };
-        let pod = Api::<Pod>::namespaced(client.clone(), namespace)
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("agent pod");
-        Some(BoundObjectReference {
-            kind: Some("Pod".into()),
-            api_version: Some("v1".into()),
-            name: pod.metadata.name.clone(),
-            uid: pod.metadata.uid.clone(),
-        })
-    } else {
-        None
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            service_account_name: Some(service_account.into()),
+            containers: vec![Container {
+                name: "agent".into(),
+                image: Some("registry.invalid/agent:0".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
     };
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("agent pod");
+    pod_token(client, &pod, Some("fleetmirror"), Some(3600)).await
+}
+
+/// A token for `pod`'s ServiceAccount, bound to `pod`, as kubelet mounts them: for `audience`
+/// (`None`: the API server's own, as in the in-cluster credentials).
+pub async fn pod_token(
+    client: &kube::Client,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    audience: Option<&str>,
+    expiration_seconds: Option<i64>,
+) -> String {
+    use k8s_openapi::api::authentication::v1::BoundObjectReference;
+    let namespace = pod.metadata.namespace.as_deref().expect("pod namespace");
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    let bound = BoundObjectReference {
+        kind: Some("Pod".into()),
+        api_version: Some("v1".into()),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+    };
+    token(
+        client,
+        namespace,
+        service_account,
+        Some(bound),
+        audience,
+        expiration_seconds,
+    )
+    .await
+}
+
+async fn token(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+    bound_object_ref: Option<k8s_openapi::api::authentication::v1::BoundObjectReference>,
+    audience: Option<&str>,
+    expiration_seconds: Option<i64>,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
     let request = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec!["fleetmirror".into()],
+            audiences: audience.map(|a| vec![a.to_owned()]).unwrap_or_default(),
             bound_object_ref,
-            expiration_seconds: Some(3600),
+            expiration_seconds,
         },
         ..Default::default()
     };
-    sas.create_token_request(service_account, &PostParams::default(), &request)
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
         .await
-        .expect("TokenRequest")
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{service_account}: {e}"))
         .status
         .expect("token status")
         .token

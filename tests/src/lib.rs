@@ -10,6 +10,8 @@
 //!   Deployment and its pods with status set through the status subresource, API Service,
 //!   kube-dns Service, node Services, synced pods with the `vcluster.loft.sh/*` keys);
 //! * [`node`]: a fake node (temporary roots in a private mount namespace that outlives agents);
+//! * [`pod`] and [`sandbox`]: a workload started the way its rendered manifest runs it (its
+//!   environment, volumes, user and read-only root in a container of its own);
 //! * [`process`]: the binaries as child processes on free loopback ports, killed on drop, with
 //!   their logs kept for failure messages; [`eventually`] for polling.
 //!
@@ -19,7 +21,9 @@
 pub mod cluster;
 pub mod footprint;
 pub mod node;
+pub mod pod;
 pub mod process;
+pub mod sandbox;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

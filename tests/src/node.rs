@@ -33,6 +33,17 @@ pub struct NodeSandbox {
 impl NodeSandbox {
     /// Creates the roots and the namespace.
     pub fn new(name: &str) -> NodeSandbox {
+        NodeSandbox::create(name, false)
+    }
+
+    /// Like [`NodeSandbox::new`], with the whole node directory a shared mount, as `/` is on a
+    /// systemd host: a container's Bidirectional volume of any of its paths propagates mounts
+    /// back to the node (see [`crate::pod`]).
+    pub fn shared_host(name: &str) -> NodeSandbox {
+        NodeSandbox::create(name, true)
+    }
+
+    fn create(name: &str, shared_host: bool) -> NodeSandbox {
         let base =
             std::env::temp_dir().join(format!("fleetmirror-node-{name}-{}", crate::suffix()));
         let kubelet_root = base.join("var/lib/kubelet");
@@ -45,7 +56,14 @@ impl NodeSandbox {
         ] {
             std::fs::create_dir_all(&d).unwrap();
         }
-        let script = "mount --bind \"$1\" \"$1\" && mount --make-rshared \"$1\" && echo ready && exec sleep infinity";
+        let share_host = if shared_host {
+            "mount --bind \"$2\" \"$2\" && mount --make-rshared \"$2\" && "
+        } else {
+            ""
+        };
+        let script = format!(
+            "{share_host}mount --bind \"$1\" \"$1\" && mount --make-rshared \"$1\" && echo ready && exec sleep infinity"
+        );
         let holder = Process::spawn(
             "node-namespace",
             Path::new("/usr/bin/unshare"),
@@ -55,9 +73,10 @@ impl NodeSandbox {
                 "private",
                 "sh",
                 "-c",
-                script,
+                script.as_str(),
                 "sh",
                 &kubelet_root.display().to_string(),
+                &base.display().to_string(),
             ]
             .map(String::from),
             &[],

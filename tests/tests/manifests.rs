@@ -67,11 +67,9 @@ fn chart_lints_renders_to_install_yaml_and_validates() {
 }
 
 fn install_docs() -> Vec<serde_yaml::Value> {
-    let text = std::fs::read_to_string(repo_root().join("deploy/install.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &serde_yaml::Value| !v.is_null())
-        .collect()
+    fleetmirror_tests::pod::Rendered::install_yaml()
+        .docs()
+        .to_vec()
 }
 
 fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
@@ -205,46 +203,8 @@ fn crds_and_install_yaml_apply_to_the_real_api_server() {
     let cp = ControlPlane::shared();
     // Cluster 1: the other tests (and the aggregators they run) live in cluster 0.
     let kc = cp.kubeconfig(1);
-    kubectl(
-        kc,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=fleetmirror-test",
-            "-f",
-            &repo_root().join("deploy/crds").display().to_string(),
-        ],
-    );
-    kubectl(
-        kc,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/vclusterhealths.fleetmirror.io",
-            "--timeout=30s",
-        ],
-    );
-
-    // install.yaml as a whole, except the PodDisruptionBudget: it is policy/v1, which this
-    // 1.20 API server predates (the chart renders policy/v1beta1 for such clusters).
-    let docs: Vec<String> = install_docs()
-        .into_iter()
-        .filter(|d| d["kind"].as_str() != Some("PodDisruptionBudget"))
-        .map(|d| serde_yaml::to_string(&d).unwrap())
-        .collect();
-    let file = std::env::temp_dir().join(format!("install-{}.yaml", fleetmirror_tests::suffix()));
-    std::fs::write(&file, docs.join("---\n")).unwrap();
-    kubectl(
-        kc,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=fleetmirror-test",
-            "-f",
-            &file.display().to_string(),
-        ],
-    );
-    std::fs::remove_file(&file).ok();
+    // install.yaml as a whole (its CRDs included), except the PodDisruptionBudget.
+    fleetmirror_tests::pod::apply_install_yaml(cp, 1);
 
     // RBAC is what the code needs, and no more (checked by impersonation on the real server).
     let can = |who: &str, args: &[&str]| {
