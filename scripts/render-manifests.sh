@@ -36,6 +36,8 @@ variants=(
   "--set agent.mountLayouts={loft,loft-flat,vcluster-hostpath}"
   "--set agent.mountLayouts={vcluster-hostpath}"
   "--set aggregator.replicas=1 --set aggregator.leaderElect=false --set aggregator.podSource=api"
+  "--set aggregator.controllers={health}"
+  "--set aggregator.controllers={mirror}"
 )
 
 # validate_manifests FILE LABEL: strict schema validation; only fleetmirror.io kinds may warn.

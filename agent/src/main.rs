@@ -13,7 +13,11 @@ use fleetmirror_agent::node::{NodeConfig, NodeReconciler};
 use fleetmirror_agent::reporter::Reporter;
 use fleetmirror_agent::state::NodeState;
 use fleetmirror_core::plan::Roots;
+use fleetmirror_runtime::watch::Watches;
 use fleetmirror_runtime::{addr::parse_listen_addr, admin, kubeconfig, logging, shutdown};
+
+/// How long a watch may fail before `/readyz` says so.
+const WATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -85,10 +89,18 @@ fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
 async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let token = shutdown::CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
+    let (tasks, supervisor) = shutdown::Tasks::new(token.clone());
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = admin::Readiness::default();
-    let client = kubeconfig::client(args.common.kubeconfig.as_deref()).await?;
+    let clients = kubeconfig::clients(args.common.kubeconfig.as_deref()).await?;
+    let watches = Watches::new(
+        clients.watches.clone(),
+        tasks.clone(),
+        readiness.clone(),
+        &mut registry,
+        WATCH_GRACE,
+    );
     // The node reconciler publishes the node's state here after every pass.
     let (state_tx, state_rx) = tokio::sync::watch::channel(None::<NodeState>);
     let reconciler = NodeReconciler::new(
@@ -106,24 +118,20 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
         metrics.clone(),
     );
 
-    let mut tasks: tokio::task::JoinSet<shutdown::TaskExit> = tokio::task::JoinSet::new();
-    tasks.spawn({
+    tasks.spawn("node reconciler", {
         let (ready, token) = (readiness.register("node-reconciler"), token.clone());
         async move {
-            let result =
-                fleetmirror_agent::node::run(client, reconciler, state_tx, ready, token).await;
-            ("node reconciler", result.map_err(Into::into))
+            fleetmirror_agent::node::run(watches, reconciler, state_tx, ready, token)
+                .await
+                .map_err(Into::into)
         }
     });
-    tasks.spawn({
+    tasks.spawn("admin server", {
         let token = token.clone();
         async move {
-            (
-                "admin server",
-                admin::serve(admin_addr, registry, readiness, token)
-                    .await
-                    .map_err(Into::into),
-            )
+            admin::serve(admin_addr, registry, readiness, token)
+                .await
+                .map_err(Into::into)
         }
     });
     match args.aggregator_addr.clone() {
@@ -137,15 +145,16 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
                 metrics: metrics.clone(),
             };
             let token = token.clone();
-            tasks.spawn(async move {
+            tasks.spawn("reporter", async move {
                 reporter.run(token).await;
-                ("reporter", Ok(()))
+                Ok(())
             });
         }
         None => tracing::warn!("no --aggregator-addr: mounting only, reporting to no one"),
     }
 
-    shutdown::supervise(tasks, token).await?;
+    drop(tasks);
+    supervisor.run().await?;
     tracing::info!("stopped (mounts are left in place for the next agent)");
     Ok(())
 }

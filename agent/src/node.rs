@@ -25,7 +25,7 @@ use fleetmirror_core::plan::{
 };
 use fleetmirror_core::pod::{PodClass, PodMeta, classify};
 use fleetmirror_proto::v1::{MountPhase, MountState, PodState};
-use fleetmirror_runtime::watch::{ControlPlaneStores, trim_pod, watch_store};
+use fleetmirror_runtime::watch::{ControlPlaneStores, Watches, trim_pod};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta};
 use kube::runtime::watcher;
@@ -428,7 +428,7 @@ fn control_planes(metas: Vec<ObjectMeta>) -> BTreeMap<String, BTreeSet<ControlPl
 /// Runs the reconciler until `shutdown`: watches, inotify, periodic passes. Marks `ready` after
 /// the first pass with both watches synced. Never unmounts on the way out.
 pub async fn run<K: Kernel + 'static>(
-    client: kube::Client,
+    watches: Watches,
     mut reconciler: NodeReconciler<K>,
     state: watch::Sender<Option<NodeState>>,
     ready: fleetmirror_runtime::admin::ReadyFlag,
@@ -438,15 +438,14 @@ pub async fn run<K: Kernel + 'static>(
     let trigger = Arc::new(Notify::new());
     let metrics = reconciler.metrics.clone();
 
-    let pods = watch_store(
-        Api::<Pod>::all(client.clone()),
+    let pods = watches.store(
+        Api::<Pod>::all(watches.client().clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
         trim_pod,
         &trigger,
         "pods",
-        &shutdown,
     );
-    let control_planes_watch = ControlPlaneStores::start(&client, &trigger, &shutdown);
+    let control_planes_watch = ControlPlaneStores::start(&watches, &trigger);
     crate::inotify::watch_pods_dir(
         config.roots.pods_dir(),
         trigger.clone(),

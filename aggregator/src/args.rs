@@ -16,6 +16,36 @@ pub enum PodSource {
     Api,
 }
 
+/// A controller `--controllers` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Controller {
+    /// `VClusterHealth` scoring (health.md).
+    Health,
+    /// Mirroring of namespaced objects across namespaces (mirror.md; not in this version yet).
+    Mirror,
+    /// Istio VirtualServices for developer routing (routing.md; not in this version yet).
+    Routing,
+    /// Integration checks across clusters (integrations.md; not in this version yet).
+    Integrations,
+}
+
+impl Controller {
+    /// Its name in `--controllers`, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Controller::Health => "health",
+            Controller::Mirror => "mirror",
+            Controller::Routing => "routing",
+            Controller::Integrations => "integrations",
+        }
+    }
+
+    /// True when this version has it.
+    pub fn built(self) -> bool {
+        matches!(self, Controller::Health)
+    }
+}
+
 /// fleetmirror-aggregator: scores every vCluster of the fleet from node agents' reports,
 /// writes VClusterHealth status, and serves the read-only Diagnostics gRPC API (grpcurl works
 /// through server reflection). Only the leader (Lease `fleetmirror-aggregator`) writes.
@@ -65,9 +95,29 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_POD_SOURCE", value_enum, default_value_t = PodSource::Agents)]
     pub pod_source: PodSource,
 
-    /// An agent silent for longer than this has its pods marked stale.
+    /// An agent silent for longer than this has its pods marked stale (they no longer count).
+    /// Also how long a new leader waits at most for the agents to reconnect before it judges
+    /// pod facts (it never publishes a worse status before).
     #[arg(long, env = "FLEETMIRROR_AGENT_STALE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub agent_stale_after: Duration,
+
+    /// A node whose agent has been silent (and disconnected) for longer than this is dropped
+    /// from the index. A node whose Node object is deleted is dropped at once.
+    #[arg(long, env = "FLEETMIRROR_AGENT_FORGET_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub agent_forget_after: Duration,
+
+    /// The controllers this process runs, comma-separated: `health`, `mirror`, `routing`,
+    /// `integrations`. A controller not listed starts no watch and needs none of its RBAC; its
+    /// Diagnostics methods answer FAILED_PRECONDITION. gRPC, the admin server, agent reports
+    /// and leader election always run. (This version implements `health`; the others are
+    /// accepted and reported as not built yet.)
+    #[arg(long, env = "FLEETMIRROR_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Controller::Health, Controller::Mirror, Controller::Routing, Controller::Integrations])]
+    pub controllers: Vec<Controller>,
+
+    /// A watch that cannot list or watch for longer than this turns /readyz false and the
+    /// controllers reading it say Ready=Unknown instead of presenting old data as fresh.
+    #[arg(long, env = "FLEETMIRROR_WATCH_FAILURE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_failure_grace: Duration,
 
     /// The only identity allowed to report as an agent. Default:
     /// `system:serviceaccount:<--namespace>:fleetmirror-agent`.
@@ -99,6 +149,12 @@ impl Args {
         if self.agent_stale_after.is_zero() {
             return Err("--agent-stale-after must be greater than zero".into());
         }
+        if self.agent_forget_after < self.agent_stale_after {
+            return Err("--agent-forget-after must not be shorter than --agent-stale-after".into());
+        }
+        if self.controllers.is_empty() {
+            return Err("--controllers must name at least one controller".into());
+        }
         Ok(())
     }
 }
@@ -122,6 +178,15 @@ mod tests {
         assert_eq!(a.pod_source, PodSource::Agents);
         assert_eq!(a.agent_stale_after, Duration::from_secs(60));
         assert_eq!(
+            a.controllers,
+            [
+                Controller::Health,
+                Controller::Mirror,
+                Controller::Routing,
+                Controller::Integrations
+            ]
+        );
+        assert_eq!(
             a.common.log_format,
             fleetmirror_runtime::logging::LogFormat::Plain
         );
@@ -134,6 +199,18 @@ mod tests {
         assert!(!a.leader_elect);
         assert!(Args::try_parse_from(["x", "--pod-source", "pods"]).is_err());
         assert!(Args::try_parse_from(["x", "--agent-stale-after", "soon"]).is_err());
+    }
+
+    #[test]
+    fn controllers_are_checked() {
+        let a = Args::try_parse_from(["x", "--controllers", "health"]).unwrap();
+        assert_eq!(a.controllers, [Controller::Health]);
+        let e = Args::try_parse_from(["x", "--controllers", "health,mirrors"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("mirrors") && msg.contains("possible values"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //!
 //! `VClusterHealth` keeps vcluster-health-mirror's spec field names and defaults, so its users
 //! migrate by changing `apiVersion`; the status adds what it lacked (mount coverage, stale pod
-//! facts, `lastUpdated`, conditions with `observedGeneration`).
+//! facts, `lastUpdated`, conditions with `observedGeneration`). The status types live in
+//! `fleetmirror_core::health::status`, next to the decisions that build them.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+pub use fleetmirror_core::health::status::{
+    ClusterRef, Summary, SyncCoverage, VClusterHealthStatus,
+};
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,7 +24,7 @@ use serde::{Deserialize, Serialize};
     plural = "vclusterhealths",
     shortname = "vch",
     namespaced,
-    status = "VClusterHealthStatus",
+    status = "fleetmirror_core::health::status::VClusterHealthStatus",
     printcolumn = r#"{"name":"TargetNS","type":"string","jsonPath":".spec.namespace"}"#,
     printcolumn = r#"{"name":"VClusters","type":"integer","jsonPath":".status.summary.total"}"#,
     printcolumn = r#"{"name":"Full","type":"integer","jsonPath":".status.summary.full"}"#,
@@ -41,100 +45,6 @@ pub struct VClusterHealthSpec {
     /// are picked up sooner: this is not the only trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<i64>,
-}
-
-/// What the aggregator found.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VClusterHealthStatus {
-    /// The vClusters found, with their API Service.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub clusters: Vec<ClusterRef>,
-    /// One entry per vCluster, sorted by namespace then name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sync_coverage: Vec<SyncCoverage>,
-    /// Counts over `syncCoverage`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<Summary>,
-    /// When the aggregator last wrote this status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_updated: Option<Time>,
-    /// The generation of the spec this status was computed for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready` (the selection was scored) and `AgentsReporting` (no reporting node is silent).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-}
-
-/// A vCluster and its API Service.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterRef {
-    /// The vCluster's name (label `release` of its control plane).
-    pub name: String,
-    /// Its host namespace.
-    pub namespace: String,
-    /// Its API Service (`<name>`).
-    pub service_name: String,
-    /// 443 when the Service has no ports or has port 443, else its first port.
-    pub service_port: i32,
-}
-
-/// The six signals, score and level of one vCluster.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncCoverage {
-    /// The vCluster's name.
-    pub cluster_name: String,
-    /// Its host namespace.
-    pub namespace: String,
-    /// The API Service exists and is not headless.
-    pub api_sync: bool,
-    /// A control-plane pod is Running and Ready.
-    pub control_plane_ready: bool,
-    /// The synced kube-dns Service exists.
-    pub dns_sync: bool,
-    /// A synced node Service exists.
-    pub node_sync: bool,
-    /// A synced pod from virtual namespace kube-system exists.
-    pub system_workload_sync: bool,
-    /// A synced pod from another virtual namespace exists.
-    pub tenant_workload_sync: bool,
-    /// systemWorkloadSync || tenantWorkloadSync.
-    pub workload_sync: bool,
-    /// points * 100 / 6 (integer division).
-    pub score: i32,
-    /// Full (6/6), Partial (1–5) or None (0).
-    pub level: String,
-    /// When the signals were last computed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checked: Option<Time>,
-    /// Pod-directory mounts made by the agents, e.g. "4/4".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount_coverage: Option<String>,
-    /// A node that reported this vCluster's pods went silent: pod facts may be out of date.
-    #[serde(default)]
-    pub pods_stale: bool,
-    /// Why signals are false, in words.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-}
-
-/// Counts over all scored vClusters.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// vClusters scored.
-    pub total: i32,
-    /// At level Full.
-    pub full: i32,
-    /// At level Partial.
-    pub partial: i32,
-    /// At level None.
-    pub none: i32,
-    /// The lowest score (100 when there are no vClusters).
-    pub lowest_score: i32,
 }
 
 /// Every CRD the aggregator owns, in the order they are written to `deploy/crds/`.

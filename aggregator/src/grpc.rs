@@ -3,9 +3,10 @@
 //! `grpc.health.v1.Health`, and server reflection v1 and v1alpha (grpcurl 1.8 speaks only
 //! v1alpha), so `grpcurl -plaintext HOST:9090 list` works with no .proto files.
 //!
-//! Bad requests get INVALID_ARGUMENT, unknown objects NOT_FOUND; no handler panics or
-//! answers UNKNOWN.
+//! Bad requests get INVALID_ARGUMENT, unknown objects NOT_FOUND, the methods of a controller
+//! `--controllers` did not select FAILED_PRECONDITION; no handler panics or answers UNKNOWN.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::args::PodSource;
+use crate::args::{Controller, PodSource};
 use crate::auth::{AgentIdentity, Authenticator};
 use crate::index::FleetIndex;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
+use crate::platform::Leadership;
 
 /// The Diagnostics service.
 ///
@@ -45,9 +47,10 @@ use crate::metrics::{KindLabel, Metrics};
 #[derive(Debug, Clone)]
 pub struct DiagnosticsService {
     index: Arc<FleetIndex>,
-    leader: watch::Receiver<bool>,
+    leadership: Leadership,
     holder: watch::Receiver<Option<Holder>>,
     pod_source: PodSource,
+    controllers: BTreeSet<Controller>,
     /// The channel to the leader, by address (connected lazily, reused).
     channel: Arc<std::sync::Mutex<Option<(SocketAddr, Channel)>>>,
 }
@@ -92,22 +95,40 @@ impl Leader {
 impl DiagnosticsService {
     fn new(
         index: Arc<FleetIndex>,
-        leader: watch::Receiver<bool>,
+        leadership: Leadership,
         holder: watch::Receiver<Option<Holder>>,
         pod_source: PodSource,
+        controllers: BTreeSet<Controller>,
     ) -> Self {
         Self {
             index,
-            leader,
+            leadership,
             holder,
             pod_source,
+            controllers,
             channel: Default::default(),
         }
     }
 
+    /// FAILED_PRECONDITION unless `controller` runs here (`--controllers`).
+    fn require(&self, controller: Controller) -> Result<(), Status> {
+        if self.controllers.contains(&controller) && controller.built() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "the {} controller is not running on this aggregator (--controllers={})",
+            controller.as_str(),
+            self.controllers
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )))
+    }
+
     /// Who answers `request` (about nodes, or about vClusters), or why nobody can.
     fn route<T>(&self, request: Request<T>, nodes: bool) -> Result<Route<T>, Status> {
-        if *self.leader.borrow() || (!nodes && self.pod_source == PodSource::Api) {
+        if self.leadership.is_leader() || (!nodes && self.pod_source == PodSource::Api) {
             return Ok(Route::Here(request));
         }
         let holder = self.holder.borrow().clone();
@@ -184,6 +205,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<ListVClustersRequest>,
     ) -> Result<Response<ListVClustersResponse>, Status> {
+        self.require(Controller::Health)?;
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
             Route::Leader(mut leader, r) => {
@@ -208,6 +230,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetVClusterRequest>,
     ) -> Result<Response<VClusterDetail>, Status> {
+        self.require(Controller::Health)?;
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
             Route::Leader(mut leader, r) => {
@@ -267,7 +290,7 @@ impl Diagnostics for DiagnosticsService {
 pub struct AgentReportService {
     auth: Authenticator,
     index: Arc<FleetIndex>,
-    leader: watch::Receiver<bool>,
+    leadership: Leadership,
     holder: watch::Receiver<Option<Holder>>,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -283,7 +306,7 @@ impl AgentService for AgentReportService {
         &self,
         request: Request<Streaming<NodeReport>>,
     ) -> Result<Response<AckStream>, Status> {
-        if !*self.leader.borrow() {
+        let Some(term) = self.leadership.term() else {
             self.metrics.reject("not_leader");
             // Tell the agent where the leader is, so its next attempt goes straight there.
             let mut metadata = tonic::metadata::MetadataMap::new();
@@ -298,7 +321,7 @@ impl AgentService for AgentReportService {
                 "this aggregator replica is not the leader; reconnect",
                 metadata,
             ));
-        }
+        };
         let identity = match self.auth.authenticate(request.metadata()).await {
             Ok(identity) => identity,
             Err(e) => {
@@ -313,7 +336,6 @@ impl AgentService for AgentReportService {
         tokio::spawn(async move {
             let session = this.index.open_session();
             this.metrics.agent_streams.inc();
-            let mut leader = this.leader.clone();
             let end = loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -328,8 +350,7 @@ impl AgentService for AgentReportService {
                             break None;
                         }
                     },
-                    // (the guard `wait_for` returns is not Send: drop it inside the future)
-                    _ = async { leader.wait_for(|l| !*l).await.map(|_| ()) } => {
+                    _ = term.lost() => {
                         break Some(Status::unavailable("this aggregator replica lost leadership; reconnect"));
                     }
                     _ = this.shutdown.cancelled() => {
@@ -421,12 +442,14 @@ pub struct GrpcServer {
     pub addr: SocketAddr,
     /// The shared index.
     pub index: Arc<FleetIndex>,
-    /// `true` while this replica leads.
-    pub leader: watch::Receiver<bool>,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
     /// Who else leads (where a standby forwards Diagnostics).
     pub holder: watch::Receiver<Option<Holder>>,
     /// Where pod facts come from (what a standby can answer).
     pub pod_source: PodSource,
+    /// The controllers running here (`--controllers`).
+    pub controllers: BTreeSet<Controller>,
     /// Metrics.
     pub metrics: Metrics,
     /// Marked ready once the port is bound.
@@ -460,14 +483,15 @@ impl GrpcServer {
         self.ready.set(true);
         let diagnostics = DiagnosticsService::new(
             self.index.clone(),
-            self.leader.clone(),
+            self.leadership.clone(),
             self.holder.clone(),
             self.pod_source,
+            self.controllers,
         );
         let agents = AgentReportService {
             auth: self.auth,
             index: self.index,
-            leader: self.leader,
+            leadership: self.leadership,
             holder: self.holder,
             metrics: self.metrics,
             shutdown: shutdown.clone(),

@@ -197,6 +197,8 @@ struct NodeEntry {
     /// The same moment on the wall clock, for display.
     last_report_at: SystemTime,
     last_sequence: u64,
+    /// When its owner's snapshot arrived.
+    snapshot_at: Instant,
     /// Pods by host UID.
     pods: BTreeMap<Box<str>, StoredPod>,
     errors: Vec<String>,
@@ -230,10 +232,8 @@ pub struct VClusterScore {
 /// What the health controller needs of one reported pod (small: no names, no mount paths).
 #[derive(Debug, Clone)]
 pub struct ReportedPod {
-    /// The scoring facts.
+    /// The scoring facts (`stale` when its node's agent is silent past the grace period).
     pub fact: fleetmirror_core::health::PodFact,
-    /// Its node's agent is silent past the grace period.
-    pub stale: bool,
     /// Mounts in MOUNTED state.
     pub mounted: u32,
     /// All mounts.
@@ -281,8 +281,8 @@ impl FleetIndex {
                         control_plane: p.control_plane,
                         running_ready: p.ready && &*p.phase == "Running",
                         virtual_namespace: p.virtual_namespace.clone(),
+                        stale,
                     },
-                    stale,
                     mounted: p
                         .mounts
                         .iter()
@@ -438,6 +438,7 @@ impl FleetIndex {
                         last_report: now,
                         last_report_at: SystemTime::now(),
                         last_sequence: report.sequence,
+                        snapshot_at: now,
                         pods,
                         errors: snapshot.errors,
                     },
@@ -524,6 +525,71 @@ impl FleetIndex {
             summary: Some(self.summary(name, entry, now)),
             pods,
         })
+    }
+
+    /// Nodes whose agent has a live stream (the count the leader publishes on the Lease).
+    pub fn live_nodes(&self) -> u32 {
+        self.read()
+            .nodes
+            .values()
+            .filter(|e| e.owner.is_some())
+            .count() as u32
+    }
+
+    /// Nodes whose agent sent a snapshot at or after `since` and still streams.
+    pub fn nodes_snapshotted_since(&self, since: Instant) -> usize {
+        self.read()
+            .nodes
+            .values()
+            .filter(|e| e.owner.is_some() && e.snapshot_at >= since)
+            .count()
+    }
+
+    /// Every node with an entry.
+    pub fn node_names(&self) -> Vec<String> {
+        self.read().nodes.keys().cloned().collect()
+    }
+
+    /// Drops node `name` and its pods (its Node object was deleted). True when it had an entry.
+    pub fn forget_node(&self, name: &str) -> bool {
+        let removed = {
+            let mut inner = self.write();
+            let removed = inner.nodes.remove(name).is_some();
+            inner.sessions.retain(|_, n| n != name);
+            inner.names.prune();
+            removed
+        };
+        if removed {
+            self.changed.notify_one();
+        }
+        removed
+    }
+
+    /// Drops the nodes silent for longer than `after` at `now` (a dead agent's entry does not
+    /// stay forever); returns their names.
+    pub fn expire(&self, now: Instant, after: Duration) -> Vec<String> {
+        let gone: Vec<String> = {
+            let mut inner = self.write();
+            let gone: Vec<String> = inner
+                .nodes
+                .iter()
+                .filter(|(_, e)| {
+                    e.owner.is_none() && now.saturating_duration_since(e.last_report) > after
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                inner.nodes.remove(n);
+            }
+            if !gone.is_empty() {
+                inner.names.prune();
+            }
+            gone
+        };
+        if !gone.is_empty() {
+            self.changed.notify_one();
+        }
+        gone
     }
 
     /// When the next node that is fresh at `now` turns stale, if it stays silent.
@@ -746,6 +812,52 @@ mod tests {
         let e = idx.apply(s, snapshot("n2", 2, vec![]), t0()).unwrap_err();
         assert!(matches!(e, ApplyError::Invalid(_)));
         assert!(idx.get_node("n2", t0()).is_none());
+    }
+
+    #[test]
+    fn stale_pods_are_flagged_in_the_facts_and_dead_nodes_leave() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let (a, b) = (idx.open_session(), idx.open_session());
+        idx.apply(a, snapshot("n1", 1, vec![pod("u1")]), t0())
+            .unwrap();
+        idx.apply(b, snapshot("n2", 1, vec![pod("u2")]), t0())
+            .unwrap();
+        assert_eq!(idx.live_nodes(), 2);
+        assert_eq!(idx.nodes_snapshotted_since(t0()), 2);
+        assert_eq!(
+            idx.nodes_snapshotted_since(t0() + Duration::from_secs(1)),
+            0
+        );
+        let later = t0() + Duration::from_secs(61);
+        assert!(idx.agent_facts(later).pods.iter().all(|p| p.fact.stale));
+        assert!(idx.agent_facts(t0()).pods.iter().all(|p| !p.fact.stale));
+
+        assert!(idx.forget_node("n2"));
+        assert!(!idx.forget_node("n2"));
+        assert_eq!(idx.node_names(), ["n1"]);
+        idx.close_session(a);
+        assert_eq!(idx.live_nodes(), 0);
+        assert!(
+            idx.expire(t0() + Duration::from_secs(599), Duration::from_secs(600))
+                .is_empty()
+        );
+        assert_eq!(
+            idx.expire(t0() + Duration::from_secs(601), Duration::from_secs(600)),
+            ["n1"]
+        );
+        assert!(idx.agent_facts(later).pods.is_empty());
+    }
+
+    #[test]
+    fn a_streaming_node_never_expires() {
+        let idx = FleetIndex::new(Duration::from_secs(60));
+        let s = idx.open_session();
+        idx.apply(s, snapshot("n1", 1, vec![]), t0()).unwrap();
+        assert!(
+            idx.expire(t0() + Duration::from_secs(3600), Duration::from_secs(600))
+                .is_empty(),
+            "silent but connected: stale, kept"
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! * [`index`]: the fleet index and the Report protocol rules;
 //! * [`auth`]: agent stream authentication (TokenReview, ServiceAccount, pod → node);
 //! * [`grpc`]: AgentService, Diagnostics, health and reflection;
+//! * [`platform`]: what every controller stands on (request client with timeouts, supervised
+//!   watches, leader terms fencing every write, Event recorder, status writer, metrics);
 //! * [`health`]: the fleet-health controller (VClusterHealth status, Diagnostics scores);
+//!   `mirror`, `routing` and `integrations` get rooms of the same shape as they land;
 //! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
 
 pub mod args;
@@ -19,3 +22,4 @@ pub mod health;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod platform;

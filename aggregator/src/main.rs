@@ -1,18 +1,23 @@
-//! `fleetmirror-aggregator`: parses flags, starts telemetry, wires the parts, and waits for
-//! the one shutdown signal. If a critical task ends early the process exits non-zero.
+//! `fleetmirror-aggregator`: parses flags, starts telemetry, wires the platform and the
+//! controllers `--controllers` selects, and waits for the one shutdown signal. If a critical
+//! task ends early the process exits non-zero.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use clap::Parser;
-use fleetmirror_aggregator::args::Args;
+use fleetmirror_aggregator::args::{Args, Controller, PodSource};
 use fleetmirror_aggregator::auth::Authenticator;
 use fleetmirror_aggregator::grpc::GrpcServer;
 use fleetmirror_aggregator::index::FleetIndex;
-use fleetmirror_aggregator::leader::{ElectionConfig, LeaderElector};
+use fleetmirror_aggregator::leader::{AgentNodes, ElectionConfig, LeaderElector};
 use fleetmirror_aggregator::metrics::Metrics;
+use fleetmirror_aggregator::platform::{
+    Context, Leadership, PlatformMetrics, REQUEST_TIMEOUT, Term,
+};
+use fleetmirror_runtime::watch::Watches;
 use fleetmirror_runtime::{addr::parse_listen_addr, admin, kubeconfig, logging, shutdown};
-use tokio::task::JoinSet;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,11 +28,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let grpc_addr = parse_listen_addr(&args.grpc_addr).context("--grpc-addr")?;
     let admin_addr = parse_listen_addr(&args.admin_addr).context("--admin-addr")?;
-    let client = kubeconfig::client(args.common.kubeconfig.as_deref()).await?;
+    let clients = kubeconfig::clients(args.common.kubeconfig.as_deref()).await?;
     let namespace = args
         .namespace
         .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+        .unwrap_or_else(|| clients.requests.default_namespace().to_owned());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -35,33 +40,51 @@ async fn main() -> anyhow::Result<()> {
         %identity,
         leader_elect = args.leader_elect,
         pod_source = ?args.pod_source,
+        controllers = ?args.controllers.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "starting fleetmirror-aggregator"
     );
 
     let token = shutdown::CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
+    let (tasks, supervisor) = shutdown::Tasks::new(token.clone());
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = admin::Readiness::default();
     let index = Arc::new(FleetIndex::new(args.agent_stale_after));
-    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let (term_tx, leadership) = Leadership::channel();
     let (holder_tx, holder_rx) = tokio::sync::watch::channel(None);
     let advertise = args
         .pod_ip
         .map(|ip| std::net::SocketAddr::new(ip, grpc_addr.port()));
-
-    let mut tasks: JoinSet<shutdown::TaskExit> = JoinSet::new();
-    {
-        let (readiness, token) = (readiness.clone(), token.clone());
-        tasks.spawn(async move {
-            (
-                "admin server",
-                admin::serve(admin_addr, registry, readiness, token)
-                    .await
-                    .map_err(Into::into),
-            )
-        });
+    let ctx = Context {
+        client: clients.requests.clone(),
+        watches: Watches::new(
+            clients.watches.clone(),
+            tasks.clone(),
+            readiness.clone(),
+            &mut registry,
+            args.watch_failure_grace,
+        ),
+        leadership: leadership.clone(),
+        tasks: tasks.clone(),
+        metrics: PlatformMetrics::register(&mut registry),
+    };
+    let controllers: BTreeSet<Controller> = args.controllers.iter().copied().collect();
+    for c in controllers.iter().filter(|c| !c.built()) {
+        tracing::warn!(
+            controller = c.as_str(),
+            "selected by --controllers but not part of this version yet: not started"
+        );
     }
+
+    tasks.spawn("admin server", {
+        let (readiness, token) = (readiness.clone(), token.clone());
+        async move {
+            admin::serve(admin_addr, registry, readiness, token)
+                .await
+                .map_err(Into::into)
+        }
+    });
     {
         let agent_user = args
             .agent_service_account
@@ -69,73 +92,81 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("system:serviceaccount:{namespace}:fleetmirror-agent"));
         tracing::info!(%agent_user, audience = %args.token_audience, "agents authenticate with TokenReview");
         let server = GrpcServer {
-            auth: Authenticator::new(client.clone(), agent_user, args.token_audience.clone()),
+            auth: Authenticator::new(
+                clients.requests.clone(),
+                agent_user,
+                args.token_audience.clone(),
+            ),
             addr: grpc_addr,
             index: index.clone(),
-            leader: leader_rx.clone(),
+            leadership: leadership.clone(),
             holder: holder_rx,
             pod_source: args.pod_source,
+            controllers: controllers.clone(),
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
         };
         let token = token.clone();
-        tasks.spawn(async move { ("gRPC server", server.serve(token).await) });
+        tasks.spawn("gRPC server", async move { server.serve(token).await });
     }
-    {
-        let gauge = metrics.leader.clone();
-        let mut rx = leader_rx.clone();
-        tasks.spawn(async move {
-            while rx.changed().await.is_ok() {
-                gauge.set(i64::from(*rx.borrow()));
+    tasks.spawn("leader gauge", {
+        let (gauge, mut l) = (metrics.leader.clone(), leadership.clone());
+        async move {
+            while l.changed().await.is_ok() {
+                gauge.set(i64::from(l.is_leader()));
             }
-            ("leader gauge", Ok(()))
-        });
-    }
-    {
+            Ok(())
+        }
+    });
+    if controllers.contains(&Controller::Health) {
         let controller = fleetmirror_aggregator::health::HealthController {
-            client: client.clone(),
+            ctx: ctx.clone(),
             index: index.clone(),
             pod_source: args.pod_source,
-            leader: leader_rx.clone(),
             metrics: metrics.clone(),
+            stale_after: args.agent_stale_after,
+            forget_after: args.agent_forget_after,
         };
-        let token = token.clone();
-        tasks.spawn(async move {
-            (
-                "health controller",
-                controller.run(token).await.map_err(Into::into),
-            )
-        });
+        tasks.spawn("health controller", controller.run());
     }
     if args.leader_elect {
+        let agent_nodes: AgentNodes = match args.pod_source {
+            PodSource::Agents => {
+                let index = index.clone();
+                Arc::new(move || Some(index.live_nodes()))
+            }
+            PodSource::Api => Arc::new(|| None),
+        };
         let elector = LeaderElector::new(
-            client.clone(),
+            clients.requests.clone(),
             &namespace,
             ElectionConfig {
                 identity,
                 lease_duration: args.lease_duration,
                 retry: args.lease_retry_interval,
                 advertise,
+                request_timeout: REQUEST_TIMEOUT,
             },
+            agent_nodes,
         );
         let token = token.clone();
-        tasks.spawn(async move {
-            elector.run(leader_tx, holder_tx, token).await;
-            ("leader election", Ok(()))
+        tasks.spawn("leader election", async move {
+            elector.run(term_tx, holder_tx, token).await;
+            Ok(())
         });
     } else {
         tracing::info!("leader election disabled: this replica leads");
-        leader_tx.send_replace(true);
-        // Keep the sender alive for the life of the process.
+        term_tx.send_replace(Some(Term::unelected(REQUEST_TIMEOUT, &token)));
+        // Keep the senders alive for the life of the process.
         let token = token.clone();
-        tasks.spawn(async move {
+        tasks.spawn("leader (static)", async move {
             token.cancelled().await;
-            drop((leader_tx, holder_tx));
-            ("leader (static)", Ok(()))
+            drop((term_tx, holder_tx));
+            Ok(())
         });
     }
-
-    shutdown::supervise(tasks, token).await?;
+    drop((tasks, ctx));
+    supervisor.run().await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -46,7 +46,6 @@ pub struct Metrics {
     pub recompute_seconds: Histogram,
     vclusters: Family<ReasonLabel, Gauge>,
     scores: Family<ScoreLabel, Gauge>,
-    status_writes: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,7 +60,6 @@ impl Default for Metrics {
             recompute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             vclusters: Family::default(),
             scores: Family::default(),
-            status_writes: Family::default(),
         }
     }
 }
@@ -112,11 +110,6 @@ impl Metrics {
             m.scores.clone(),
         );
         r.register(
-            "aggregator_status_writes",
-            "VClusterHealth status writes (reason=changed|heartbeat|error)",
-            m.status_writes.clone(),
-        );
-        r.register(
             "aggregator_recompute_seconds",
             "Duration of one fleet recompute",
             m.recompute_seconds.clone(),
@@ -140,13 +133,6 @@ impl Metrics {
                 .get_or_create(&ScoreLabel { score })
                 .set(by_score.get(&score).copied().unwrap_or(0));
         }
-    }
-
-    /// Counts one status write (`changed`, `heartbeat` or `error`).
-    pub fn status_write(&self, reason: &'static str) {
-        self.status_writes
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
     }
 
     /// Counts one refused report or stream.

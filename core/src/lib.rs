@@ -4,7 +4,10 @@
 //!
 //! * [`naming`]: vCluster's host-side naming contract (SafeConcatName, the labels and
 //!   annotations its syncer writes) and validation of names taken from the API;
-//! * [`health`]: fleet health scoring (discovery, six signals, score, level, message);
+//! * [`health`]: fleet health scoring (discovery, six signals, score, level, message) and the
+//!   `VClusterHealth` status decisions ([`health::status`]);
+//! * [`status`]: what every controller's status decisions share (Kubernetes-shaped time and
+//!   conditions, write-due rules, Events, backoff);
 //! * [`pod`]: which host pods are synced vCluster pods or control-plane pods;
 //! * [`mountinfo`]: `/proc/self/mountinfo` parsing and bind-source resolution;
 //! * [`plan`]: the agent's mount reconcile as a pure function (layouts, cross-tenant guard,
@@ -15,3 +18,4 @@ pub mod mountinfo;
 pub mod naming;
 pub mod plan;
 pub mod pod;
+pub mod status;

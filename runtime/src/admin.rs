@@ -13,43 +13,92 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// A readiness check computed when `/readyz` is asked: `Err` says why it is not ready.
+pub type CheckFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+enum Check {
+    Flag(bool),
+    Computed(CheckFn),
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Flag(b) => write!(f, "Flag({b})"),
+            Check::Computed(_) => f.write_str("Computed"),
+        }
+    }
+}
+
+impl Check {
+    fn result(&self) -> Result<(), String> {
+        match self {
+            Check::Flag(true) => Ok(()),
+            Check::Flag(false) => Err("not ready".into()),
+            Check::Computed(f) => f(),
+        }
+    }
+}
+
+type Checks = Arc<Mutex<BTreeMap<String, Check>>>;
+
 /// Named readiness checks; the process is ready when all of them are.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+    checks: Checks,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("checks", &lock(&self.checks).keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// One readiness check, registered not ready.
 #[derive(Debug, Clone)]
 pub struct ReadyFlag {
-    name: &'static str,
-    checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+    name: String,
+    checks: Checks,
 }
 
 impl Readiness {
     /// Registers a check named `name` (shown by `/readyz?verbose`), initially not ready.
-    pub fn register(&self, name: &'static str) -> ReadyFlag {
-        lock(&self.checks).insert(name, false);
+    pub fn register(&self, name: &str) -> ReadyFlag {
+        lock(&self.checks).insert(name.to_owned(), Check::Flag(false));
         ReadyFlag {
-            name,
+            name: name.to_owned(),
             checks: self.checks.clone(),
         }
     }
 
+    /// Registers a check computed on every `/readyz` (e.g. "this watch has not failed for
+    /// longer than its grace period").
+    pub fn register_fn(&self, name: &str, check: CheckFn) {
+        lock(&self.checks).insert(name.to_owned(), Check::Computed(check));
+    }
+
     /// True when every registered check is ready.
     pub fn is_ready(&self) -> bool {
-        lock(&self.checks).values().all(|ready| *ready)
+        self.results().iter().all(|(_, r)| r.is_ok())
+    }
+
+    fn results(&self) -> Vec<(String, Result<(), String>)> {
+        let checks: Vec<(String, Check)> = lock(&self.checks)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        checks.into_iter().map(|(k, c)| (k, c.result())).collect()
     }
 
     fn report(&self) -> String {
-        lock(&self.checks)
+        self.results()
             .iter()
-            .map(|(name, ready)| {
-                format!(
-                    "[{}]{name} {}\n",
-                    if *ready { '+' } else { '-' },
-                    if *ready { "ok" } else { "not ready" }
-                )
+            .map(|(name, result)| match result {
+                Ok(()) => format!("[+]{name} ok\n"),
+                Err(why) => format!("[-]{name} {why}\n"),
             })
             .collect()
     }
@@ -58,7 +107,7 @@ impl Readiness {
 impl ReadyFlag {
     /// Marks the check ready or not ready.
     pub fn set(&self, ready: bool) {
-        lock(&self.checks).insert(self.name, ready);
+        lock(&self.checks).insert(self.name.clone(), Check::Flag(ready));
     }
 }
 
@@ -146,7 +195,8 @@ async fn readyz(
     State(state): State<AdminState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> impl IntoResponse {
-    let ready = state.readiness.is_ready();
+    let report = state.readiness.report();
+    let ready = !report.contains("[-]");
     let code = if ready {
         StatusCode::OK
     } else {
@@ -158,7 +208,7 @@ async fn readyz(
         } else {
             "readyz check failed"
         };
-        (code, format!("{}{verdict}\n", state.readiness.report()))
+        (code, format!("{report}{verdict}\n"))
     } else {
         (code, "ok".to_owned())
     }
@@ -182,5 +232,25 @@ mod tests {
         a.set(false);
         assert!(!r.is_ready());
         assert_eq!(r.report(), "[-]grpc not ready\n[+]leader-election ok\n");
+        a.set(true);
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f = failing.clone();
+        r.register_fn(
+            "watch-services",
+            Arc::new(move || {
+                if f.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err("failing for 31s: 403 Forbidden".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        assert!(!r.is_ready());
+        assert!(
+            r.report()
+                .contains("[-]watch-services failing for 31s: 403 Forbidden\n")
+        );
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.is_ready());
     }
 }

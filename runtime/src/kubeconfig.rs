@@ -1,4 +1,4 @@
-//! The Kubernetes client: `--kubeconfig` when given, else `KUBECONFIG`, else the in-cluster
+//! The Kubernetes clients: `--kubeconfig` when given, else `KUBECONFIG`, else the in-cluster
 //! ServiceAccount (kube's inference order).
 
 use std::path::Path;
@@ -20,8 +20,55 @@ pub enum ClientError {
     Build(#[from] kube::Error),
 }
 
-/// Builds a client from `kubeconfig` if given, else by kube's inference.
+/// How long a request may take to connect.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a request (not a watch) may wait for the API server's answer, or take to send.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a watch may go without a byte: the API server ends a watch after ~290 s
+/// (kube-runtime asks for that), so only a dead connection stays silent longer.
+pub const WATCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(330);
+
+/// The two clients a process uses, from one configuration: `requests` for every request but
+/// watches (connect, read and write timeouts: a hung API server cannot stall a controller or a
+/// write), and `watches`, whose read timeout is longer than a quiet watch lasts.
+#[derive(Clone)]
+pub struct Clients {
+    /// Gets, lists, writes, TokenReviews.
+    pub requests: kube::Client,
+    /// Watches (reflectors).
+    pub watches: kube::Client,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clients")
+    }
+}
+
+/// Builds [`Clients`] from `kubeconfig` if given, else by kube's inference.
+pub async fn clients(kubeconfig: Option<&Path>) -> Result<Clients, ClientError> {
+    let config = config(kubeconfig).await?;
+    let mut requests = config.clone();
+    requests.connect_timeout = Some(CONNECT_TIMEOUT);
+    requests.read_timeout = Some(REQUEST_TIMEOUT);
+    requests.write_timeout = Some(REQUEST_TIMEOUT);
+    let mut watches = config;
+    watches.connect_timeout = Some(CONNECT_TIMEOUT);
+    watches.read_timeout = Some(WATCH_READ_TIMEOUT);
+    watches.write_timeout = Some(REQUEST_TIMEOUT);
+    Ok(Clients {
+        requests: kube::Client::try_from(requests)?,
+        watches: kube::Client::try_from(watches)?,
+    })
+}
+
+/// Builds a client with kube's default timeouts from `kubeconfig` if given, else by kube's
+/// inference (tests and tools; the binaries use [`clients`]).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+}
+
+async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -39,5 +86,5 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => kube::Config::infer().await?,
     };
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
 }

@@ -1,7 +1,8 @@
 //! One shutdown signal for the whole process: SIGTERM or SIGINT cancels a single
 //! [`CancellationToken`] whose clones every task selects on (the gRPC server, the controllers,
-//! the node loop). A critical task that ends early cancels it too, so the process exits
-//! instead of running half-alive.
+//! the node loop). Every long-lived task — servers, controllers, each watch — runs under one
+//! [`Supervisor`] ([`Tasks`] spawns from anywhere): a task that ends early cancels the token
+//! too, so the process exits instead of running half-alive.
 
 pub use tokio_util::sync::CancellationToken;
 
@@ -42,14 +43,88 @@ pub struct TaskFailed {
     pub error: Option<BoxError>,
 }
 
-/// Waits for every task. The first one to end before `token` is cancelled is a failure: the
-/// token is cancelled so the others stop too, and that failure is returned once all ended.
-pub async fn supervise(
-    mut tasks: tokio::task::JoinSet<TaskExit>,
+type Spawned = (
+    &'static str,
+    futures::future::BoxFuture<'static, Result<(), BoxError>>,
+);
+
+/// A handle that spawns supervised tasks from anywhere (main, a controller starting its
+/// watches): every task is critical, and the first to end before shutdown ends the process.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    tx: tokio::sync::mpsc::UnboundedSender<Spawned>,
     token: CancellationToken,
-) -> Result<(), TaskFailed> {
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
+}
+
+/// Runs the tasks [`Tasks`] spawns; see [`Supervisor::run`].
+#[derive(Debug)]
+pub struct Supervisor {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Spawned>,
+    token: CancellationToken,
+}
+
+impl Tasks {
+    /// A spawner and its supervisor, both tied to `token`.
+    pub fn new(token: CancellationToken) -> (Tasks, Supervisor) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Tasks {
+                tx,
+                token: token.clone(),
+            },
+            Supervisor { rx, token },
+        )
+    }
+
+    /// Spawns `task` named `name` under supervision.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        if self.tx.send((name, Box::pin(task))).is_err() {
+            tracing::debug!(task = name, "not started: the supervisor has stopped");
+        }
+    }
+
+    /// The process's shutdown token.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Supervisor {
+    /// Runs every spawned task until all have ended after shutdown. The first one to end
+    /// before the token is cancelled is a failure: the token is cancelled so the others stop
+    /// too, and that failure is returned once all ended.
+    pub async fn run(mut self) -> Result<(), TaskFailed> {
+        let mut set: tokio::task::JoinSet<TaskExit> = tokio::task::JoinSet::new();
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                spawned = self.rx.recv() => match spawned {
+                    Some((name, task)) => {
+                        set.spawn(async move { (name, task.await) });
+                    }
+                    None if set.is_empty() => break,
+                    None => {
+                        let Some(joined) = set.join_next().await else { break };
+                        Self::ended(joined, &self.token, &mut failure);
+                    }
+                },
+                Some(joined) = set.join_next() => Self::ended(joined, &self.token, &mut failure),
+            }
+            if self.token.is_cancelled() && set.is_empty() {
+                break;
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn ended(
+        joined: Result<TaskExit, tokio::task::JoinError>,
+        token: &CancellationToken,
+        failure: &mut Option<TaskFailed>,
+    ) {
         let (task, result) = match joined {
             Ok(exit) => exit,
             Err(join) => ("(panicked task)", Err(join.into())),
@@ -65,5 +140,40 @@ pub async fn supervise(
             tracing::warn!(task, %error, "task ended with an error during shutdown");
         }
     }
-    failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_ending_early_stops_the_others_and_is_reported() {
+        let token = CancellationToken::new();
+        let (tasks, supervisor) = Tasks::new(token.clone());
+        let t = token.clone();
+        tasks.spawn("waits", async move {
+            t.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn("fails", async { Err("boom".into()) });
+        let err = supervisor.run().await.unwrap_err();
+        assert_eq!(err.task, "fails");
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_is_ok_and_late_spawns_do_not_hang() {
+        let token = CancellationToken::new();
+        let (tasks, supervisor) = Tasks::new(token.clone());
+        let t = token.clone();
+        tasks.spawn("waits", async move {
+            t.cancelled().await;
+            Ok(())
+        });
+        let run = tokio::spawn(supervisor.run());
+        tokio::task::yield_now().await;
+        token.cancel();
+        tasks.spawn("late", async { Ok(()) });
+        assert!(run.await.unwrap().is_ok());
+    }
 }

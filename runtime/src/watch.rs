@@ -1,6 +1,7 @@
 //! Watches as triggers: a reflector keeps a store current, and every event (or relist) only
-//! notifies a level-based loop that re-reads the stores. Errors are logged and retried with
-//! kube-runtime's default backoff; they never end the process.
+//! notifies a level-based loop that re-reads the stores. Errors are logged, counted and
+//! retried with kube-runtime's default backoff; they never end the process, and a watch that
+//! keeps failing is reported ([`Watches`]) instead of its data passing for fresh.
 //!
 //! Stores keep only what fleetmirror reads: every object is trimmed as it arrives (no
 //! `managedFields`, only the label and annotation keys of [`KEYS_READ`], and for pods and
@@ -9,54 +10,251 @@
 //! syncs, so untrimmed stores would grow with what tenants write, not with the fleet.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fleetmirror_core::naming::{self, KEYS_READ};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
 };
 use kube::Resource;
-use kube::api::{Api, ObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-/// Starts a reflector for `api` with `config`: returns its store, and notifies `trigger` on
-/// every event until `shutdown`. Each object is passed through `trim` before it is stored.
-/// `what` names the watch in log lines.
-pub fn watch_store<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-    trigger: &Arc<Notify>,
-    what: &'static str,
-    shutdown: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, config).modify(trim)).default_backoff();
-    let (trigger, shutdown) = (trigger.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(_)) => trigger.notify_one(),
-                    Some(Err(error)) => tracing::warn!(watch = what, %error, "watch failed; retrying with backoff"),
-                    None => return,
-                },
-                _ = shutdown.cancelled() => return,
-            }
+use crate::admin::Readiness;
+use crate::shutdown::Tasks;
+
+/// How one watch is doing.
+#[derive(Debug, Clone, Default)]
+struct WatchState {
+    /// Since when every attempt to list or watch failed (`None`: it works).
+    failing_since: Option<Instant>,
+    /// The last error.
+    error: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabel {
+    watch: String,
+}
+
+type States = Arc<Mutex<BTreeMap<String, WatchState>>>;
+
+fn lock(states: &States) -> std::sync::MutexGuard<'_, BTreeMap<String, WatchState>> {
+    states.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every watch of a process. Each runs as a supervised task ([`Tasks`]); its errors are
+/// logged, counted (`fleetmirror_watch_errors_total{watch}`) and retried with kube-runtime's
+/// backoff; one that cannot list or watch for longer than `grace` turns `/readyz` false (check
+/// `watch-<name>`, whose verbose line says why) and is reported by [`Watches::failing`] to the
+/// controllers that read it, which then stop presenting its data as fresh. Watch names are
+/// fixed per process (bounded metric labels).
+#[derive(Clone)]
+pub struct Watches {
+    client: kube::Client,
+    tasks: Tasks,
+    readiness: Readiness,
+    grace: Duration,
+    states: States,
+    errors: Family<WatchLabel, Counter>,
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watches")
+            .field("grace", &self.grace)
+            .field("watches", &lock(&self.states).keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Watches {
+    /// Watches made with `client` (one without a read timeout shorter than a watch's own),
+    /// registered on `registry` and `readiness`.
+    pub fn new(
+        client: kube::Client,
+        tasks: Tasks,
+        readiness: Readiness,
+        registry: &mut Registry,
+        grace: Duration,
+    ) -> Self {
+        let errors = Family::<WatchLabel, Counter>::default();
+        registry.register(
+            "fleetmirror_watch_errors",
+            "Failed list or watch attempts, by watch",
+            errors.clone(),
+        );
+        Self {
+            client,
+            tasks,
+            readiness,
+            grace,
+            states: Arc::default(),
+            errors,
         }
-    });
-    store
+    }
+
+    /// The client watches are made with.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// A reflector store of `api` with `config`; every object passes through `trim` before it
+    /// is stored, and every event notifies `trigger`.
+    pub fn store<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        trim: fn(&mut K),
+        trigger: &Arc<Notify>,
+        name: &str,
+    ) -> Store<K>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (store, writer) = reflector::store::<K>();
+        let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
+        self.drive(stream, trigger, name);
+        store
+    }
+
+    /// A metadata-only store of `K` in all namespaces: its requests ask for
+    /// `PartialObjectMetadata` (kube sends `as=PartialObjectMetadata` for an
+    /// `Api<PartialObjectMeta<K>>`), so the API server sends no spec or status; trimmed by
+    /// [`trim_meta`].
+    pub fn metadata_store<K>(
+        &self,
+        config: watcher::Config,
+        trigger: &Arc<Notify>,
+        name: &str,
+    ) -> Store<PartialObjectMeta<K>>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let api = Api::<PartialObjectMeta<K>>::all(self.client.clone());
+        self.store(
+            api,
+            config,
+            trim_meta::<PartialObjectMeta<K>>,
+            trigger,
+            name,
+        )
+    }
+
+    /// A store of objects of any kind (`ar`), in `namespace` or all namespaces.
+    pub fn dynamic_store(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        config: watcher::Config,
+        trim: fn(&mut DynamicObject),
+        trigger: &Arc<Notify>,
+        name: &str,
+    ) -> Store<DynamicObject> {
+        let api = match namespace {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::<DynamicObject>::all_with(self.client.clone(), ar),
+        };
+        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+        let store = writer.as_reader();
+        let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
+        self.drive(stream, trigger, name);
+        store
+    }
+
+    /// Runs `stream` as a supervised task: events notify `trigger`, errors are recorded.
+    fn drive<S, T>(&self, stream: S, trigger: &Arc<Notify>, name: &str)
+    where
+        S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+        T: Send,
+    {
+        let name = name.to_owned();
+        lock(&self.states).insert(name.clone(), WatchState::default());
+        let (states, grace) = (self.states.clone(), self.grace);
+        let check_name = name.clone();
+        self.readiness.register_fn(
+            &format!("watch-{name}"),
+            Arc::new(move || match failing_for(&states, &check_name, grace) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }),
+        );
+        let (trigger, states, errors) = (trigger.clone(), self.states.clone(), self.errors.clone());
+        let shutdown = self.tasks.token().clone();
+        let stream = stream.default_backoff();
+        self.tasks.spawn("watch", async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(_)) => {
+                            if let Some(s) = lock(&states).get_mut(&name)
+                                && s.failing_since.take().is_some()
+                            {
+                                tracing::info!(watch = %name, "watch recovered");
+                            }
+                            trigger.notify_one();
+                        }
+                        Some(Err(error)) => {
+                            errors.get_or_create(&WatchLabel { watch: name.clone() }).inc();
+                            tracing::warn!(watch = %name, %error, "watch failed; retrying with backoff");
+                            {
+                                let mut all = lock(&states);
+                                let s = all.entry(name.clone()).or_default();
+                                s.failing_since.get_or_insert_with(Instant::now);
+                                s.error = error.to_string();
+                            }
+                            trigger.notify_one();
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        });
+    }
+
+    /// The first of `names` (all watches when empty) that has failed for longer than the
+    /// grace period, as "watch <name> failing for 45s: <error>".
+    pub fn failing(&self, names: &[&str]) -> Option<String> {
+        let all: Vec<String> = lock(&self.states).keys().cloned().collect();
+        all.iter()
+            .filter(|n| names.is_empty() || names.contains(&n.as_str()))
+            .find_map(|n| {
+                failing_for(&self.states, n, self.grace).map(|why| format!("watch {n} {why}"))
+            })
+    }
+
+    /// When the next watch now failing will have failed for longer than the grace period
+    /// (a controller wakes up then to say so).
+    pub fn next_failure_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.states)
+            .values()
+            .filter_map(|s| s.failing_since)
+            .map(|t| t + self.grace)
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
+fn failing_for(states: &States, name: &str, grace: Duration) -> Option<String> {
+    let all = lock(states);
+    let s = all.get(name)?;
+    let d = s.failing_since?.elapsed();
+    (d > grace).then(|| format!("failing for {}s: {}", d.as_secs(), s.error))
 }
 
 /// The longest value kept of a label or annotation we read. Every valid value is shorter (a
@@ -65,7 +263,8 @@ where
 pub const MAX_VALUE_LEN: usize = 256;
 
 /// Every vCluster's control-plane workloads: StatefulSets and Deployments labelled
-/// `app=vcluster`, watched metadata-only (`PartialObjectMeta`) and trimmed. Both binaries
+/// `app=vcluster`, watched metadata-only (a metadata watch: the API server sends no spec or
+/// status) and trimmed. Both binaries
 /// discover vClusters from them.
 #[derive(Debug)]
 pub struct ControlPlaneStores {
@@ -74,30 +273,16 @@ pub struct ControlPlaneStores {
 }
 
 impl ControlPlaneStores {
+    /// The names of its watches (for [`Watches::failing`]).
+    pub const WATCHES: [&'static str; 2] = ["statefulsets", "deployments"];
+
     /// Starts both watches; every event notifies `trigger`.
-    pub fn start(
-        client: &kube::Client,
-        trigger: &Arc<Notify>,
-        shutdown: &CancellationToken,
-    ) -> Self {
+    pub fn start(watches: &Watches, trigger: &Arc<Notify>) -> Self {
         let selector = format!("{}={}", naming::LABEL_APP, naming::APP_VCLUSTER);
+        let config = || watcher::Config::default().labels(&selector);
         Self {
-            statefulsets: watch_store(
-                Api::all(client.clone()),
-                watcher::Config::default().labels(&selector),
-                trim_meta,
-                trigger,
-                "statefulsets",
-                shutdown,
-            ),
-            deployments: watch_store(
-                Api::all(client.clone()),
-                watcher::Config::default().labels(&selector),
-                trim_meta,
-                trigger,
-                "deployments",
-                shutdown,
-            ),
+            statefulsets: watches.metadata_store(config(), trigger, Self::WATCHES[0]),
+            deployments: watches.metadata_store(config(), trigger, Self::WATCHES[1]),
         }
     }
 

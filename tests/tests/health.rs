@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use fleetmirror_aggregator::crd::{SyncCoverage, VClusterHealth, VClusterHealthStatus};
+use fleetmirror_core::status::Condition;
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::{GetVClusterRequest, ListVClustersRequest, VClusterSummary};
 use fleetmirror_tests::cluster::{ControlPlane, namespace};
@@ -15,7 +16,6 @@ use fleetmirror_tests::footprint::{
 use fleetmirror_tests::node::NodeSandbox;
 use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, http_get};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, PostParams};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -396,23 +396,23 @@ async fn signals_scores_edge_cases_diagnostics_and_heartbeat_writes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let changed0 = metric_with(
         agg.admin_port,
-        "fleetmirror_aggregator_status_writes_total",
+        "fleetmirror_controller_status_writes_total",
         "reason=\"changed\"",
     );
     let beats0 = metric_with(
         agg.admin_port,
-        "fleetmirror_aggregator_status_writes_total",
+        "fleetmirror_controller_status_writes_total",
         "reason=\"heartbeat\"",
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let changed = metric_with(
         agg.admin_port,
-        "fleetmirror_aggregator_status_writes_total",
+        "fleetmirror_controller_status_writes_total",
         "reason=\"changed\"",
     ) - changed0;
     let beats = metric_with(
         agg.admin_port,
-        "fleetmirror_aggregator_status_writes_total",
+        "fleetmirror_controller_status_writes_total",
         "reason=\"heartbeat\"",
     ) - beats0;
     assert_eq!(changed, 0.0, "no change, no change-write");

@@ -81,3 +81,17 @@ policy/v1
 policy/v1beta1
 {{- end }}
 {{- end }}
+
+{{/* The aggregator's controllers (FLEETMIRROR_CONTROLLERS); anything else fails the render. */}}
+{{- define "fleetmirror.aggregator.controllers" -}}
+{{- $known := list "health" "mirror" "routing" "integrations" }}
+{{- if not .Values.aggregator.controllers }}
+{{- fail "aggregator.controllers must name at least one controller (health, mirror, routing, integrations)" }}
+{{- end }}
+{{- range .Values.aggregator.controllers }}
+{{- if not (has . $known) }}
+{{- fail (printf "aggregator.controllers: unknown controller %q (known: health, mirror, routing, integrations)" .) }}
+{{- end }}
+{{- end }}
+{{- join "," (uniq .Values.aggregator.controllers) }}
+{{- end }}

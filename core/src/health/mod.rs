@@ -1,4 +1,5 @@
-//! Fleet health scoring (health.md) as pure functions: which vClusters a selection covers, the
+//! Fleet health scoring (health.md) as pure functions (what a status says of it is
+//! [`status`]): which vClusters a selection covers, the
 //! six signals of each, score, level, API Service port and the human message. The aggregator
 //! feeds it from its watches and the agents' reports (or its own pod watch); both sources give
 //! the same [`PodFact`]s, so they give the same signals.
@@ -13,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::naming;
+
+pub mod status;
 
 /// Which host namespaces a `VClusterHealth` selects (`spec.namespace`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +116,9 @@ pub struct PodFact {
     pub running_ready: bool,
     /// The virtual namespace of a synced pod ("" when unknown).
     pub virtual_namespace: Arc<str>,
+    /// Reported by a node whose agent went silent: shown, never counted (a stale pod never
+    /// turns a signal true).
+    pub stale: bool,
 }
 
 /// The six signals of one vCluster.
@@ -248,7 +254,7 @@ pub fn signals<'a>(
     }
     for p in pods
         .into_iter()
-        .filter(|p| *p.namespace == *vc.namespace && *p.vcluster == *vc.name)
+        .filter(|p| !p.stale && *p.namespace == *vc.namespace && *p.vcluster == *vc.name)
     {
         if p.control_plane {
             s.control_plane_ready |= p.running_ready;
@@ -419,6 +425,7 @@ mod tests {
             control_plane: cp,
             running_ready: ready,
             virtual_namespace: vns.into(),
+            stale: false,
         }
     }
 
@@ -427,6 +434,28 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn stale_pods_never_turn_a_signal_true() {
+        let nodes = BTreeSet::new();
+        let vc = key("a", "vc");
+        let mut pods = vec![
+            pod("a", "vc", true, true, ""),
+            pod("a", "vc", false, true, "kube-system"),
+            pod("a", "vc", false, true, "default"),
+        ];
+        let fresh = signals(&vc, std::iter::empty(), pods.iter(), &nodes);
+        assert!(
+            fresh.control_plane_ready && fresh.system_workload_sync && fresh.tenant_workload_sync
+        );
+        for p in &mut pods {
+            p.stale = true;
+        }
+        assert_eq!(
+            signals(&vc, std::iter::empty(), pods.iter(), &nodes),
+            Signals::default()
+        );
     }
 
     #[test]
