@@ -193,7 +193,7 @@ impl Watches {
         );
         let (trigger, states, errors) = (trigger.clone(), self.states.clone(), self.errors.clone());
         let shutdown = self.tasks.token().clone();
-        let stream = stream.default_backoff();
+        let stream = stream.backoff(WatchBackoff::default());
         self.tasks.spawn("watch", async move {
             let mut stream = std::pin::pin!(stream);
             loop {
@@ -247,6 +247,39 @@ impl Watches {
             .map(|t| t + self.grace)
             .filter(|t| *t > now)
             .min()
+    }
+}
+
+/// How a failing watch retries: 0.5 s, doubling, at most [`WATCH_BACKOFF_MAX`], with a little
+/// jitter; reset by the first success. (kube-runtime's default goes up to 30 s plus jitter,
+/// so a watch whose RBAC was restored could stay blind for a minute.)
+#[derive(Debug, Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+/// The longest wait between two attempts of a failing watch.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = Duration::from_millis(500)
+            .saturating_mul(1 << self.failures.min(8))
+            .min(WATCH_BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        // Up to 20 % of jitter, so watches that failed together do not retry in lockstep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Some(base + base.mul_f64(f64::from(nanos % 200) / 1000.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -404,6 +437,19 @@ mod tests {
             managed_fields: Some(vec![ManagedFieldsEntry::default()]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn watch_backoff_doubles_to_ten_seconds_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let ms: Vec<u128> = (0..8).map(|_| b.next().unwrap().as_millis()).collect();
+        let bases = [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000];
+        for (got, base) in ms.iter().zip(bases) {
+            assert!((base..=base * 6 / 5).contains(got), "{ms:?}");
+        }
+        b.reset();
+        assert!(b.next().unwrap() < Duration::from_millis(700));
     }
 
     #[test]

@@ -279,3 +279,33 @@ pub async fn install_crds(client: &kube::Client) {
         .await;
     }
 }
+
+/// Creates Node `name` (metadata only: there is no kubelet behind it), as a real node would
+/// have registered itself.
+pub async fn create_node(client: &kube::Client, name: &str) {
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating Node {name}: {e}"),
+    }
+}
+
+/// A kubeconfig file for cluster `i` of `cp` that authenticates with `token` (e.g. a
+/// ServiceAccount's, so a process runs with exactly that account's RBAC). Removed with `dir`.
+pub fn kubeconfig_with_token(cp: &ControlPlane, i: usize, token: &str, dir: &Path) -> PathBuf {
+    let admin = kube::config::Kubeconfig::read_from(cp.kubeconfig(i)).expect("kubeconfig");
+    let cluster = admin.clusters[0].cluster.clone().expect("cluster");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+        cluster.server.expect("server"),
+        cluster.certificate_authority.expect("CA file"),
+    );
+    let path = dir.join(format!("kubeconfig-{}", crate::suffix()));
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -9,6 +9,7 @@
 //! * [`footprint`]: builders for a vCluster's host footprint (control plane StatefulSet or
 //!   Deployment and its pods with status set through the status subresource, API Service,
 //!   kube-dns Service, node Services, synced pods with the `vcluster.loft.sh/*` keys);
+//! * [`fleet`]: `VClusterHealth` objects and their status;
 //! * [`node`]: a fake node (temporary roots in a private mount namespace that outlives agents);
 //! * [`pod`] and [`sandbox`]: a workload started the way its rendered manifest runs it (its
 //!   environment, volumes, user and read-only root in a container of its own);
@@ -19,6 +20,7 @@
 //! does it all).
 
 pub mod cluster;
+pub mod fleet;
 pub mod footprint;
 pub mod node;
 pub mod pod;

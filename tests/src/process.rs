@@ -226,6 +226,8 @@ pub struct AggregatorConfig {
     pub grpc_port: Option<u16>,
     /// Further flags.
     pub extra_args: Vec<String>,
+    /// Credentials other than the cluster admin's (e.g. a ServiceAccount's, for RBAC tests).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl AggregatorConfig {
@@ -241,6 +243,7 @@ impl AggregatorConfig {
                 // Advertised on the Lease as 127.0.0.1:<grpc port>.
                 "--pod-ip=127.0.0.1".into(),
             ],
+            kubeconfig: None,
         }
     }
 }
@@ -250,8 +253,12 @@ impl Aggregator {
     pub fn start(cp: &ControlPlane, cluster: usize, config: AggregatorConfig) -> Aggregator {
         let grpc_port = config.grpc_port.unwrap_or_else(free_port);
         let admin_port = free_port();
+        let kubeconfig = config
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| cp.kubeconfig(cluster).to_path_buf());
         let mut args = vec![
-            format!("--kubeconfig={}", cp.kubeconfig(cluster).display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--grpc-addr=127.0.0.1:{grpc_port}"),
             format!("--admin-addr=127.0.0.1:{admin_port}"),
             format!("--namespace={}", config.namespace),
@@ -292,6 +299,15 @@ pub fn metric(admin_port: u16, name: &str) -> Option<f64> {
         .find(|l| l.split([' ', '{']).next() == Some(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The value of the first sample of metric `name` whose labels contain `label` (0 when absent).
+pub fn metric_with(admin_port: u16, name: &str, label: &str) -> f64 {
+    let (_, body) = http_get(admin_port, "/metrics").unwrap();
+    body.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn wait_ready(process: &mut Process, admin_port: u16) {

@@ -412,3 +412,88 @@ async fn a_leader_that_stops_gracefully_hands_over_without_waiting_for_expiry() 
     )
     .await;
 }
+
+/// The watch checks an aggregator registered on /readyz.
+fn watch_checks(agg: &Aggregator) -> Vec<String> {
+    let (_, body) = http_get(agg.admin_port, "/readyz?verbose").unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("[+]watch-").or(l.strip_prefix("[-]watch-")))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controllers_select_what_runs() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "controllers").await;
+
+    // Health only: exactly its watches.
+    let mut cfg = AggregatorConfig::new(&ns);
+    cfg.extra_args.push("--controllers=health".into());
+    let health = Aggregator::start(cp, 0, cfg);
+    eventually(WAIT, "the health watches", || async {
+        let w = watch_checks(&health);
+        (w.len() == 7).then_some(w)
+    })
+    .await;
+    assert_eq!(
+        watch_checks(&health),
+        [
+            "deployments",
+            "nodes",
+            "services-app",
+            "services-belongs-to",
+            "services-managed-by",
+            "statefulsets",
+            "vclusterhealths"
+        ]
+    );
+
+    // A controller this version does not have yet: no watch at all, and the health methods
+    // say the controller is not running.
+    let mut cfg = AggregatorConfig::new(&ns);
+    cfg.extra_args.push("--controllers=mirror".into());
+    let mirror = Aggregator::start(cp, 0, cfg);
+    assert!(
+        watch_checks(&mirror).is_empty(),
+        "{:?}",
+        watch_checks(&mirror)
+    );
+    let mut d = DiagnosticsClient::new(fleetmirror_tests::channel(&mirror.grpc_url()).await);
+    let e = d
+        .list_v_clusters(ListVClustersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("--controllers=mirror"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        mirror
+            .process
+            .log()
+            .contains("not part of this version yet")
+    );
+
+    // An unknown name refuses to start, saying which names exist.
+    let mut p = fleetmirror_tests::process::Process::spawn(
+        "aggregator-bad-controllers",
+        &fleetmirror_tests::process::binary("fleetmirror-aggregator"),
+        &[
+            format!("--kubeconfig={}", cp.kubeconfig(0).display()),
+            "--controllers=health,mirrors".into(),
+        ],
+        &[],
+    );
+    let status = p.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let log = p.log();
+    assert!(
+        log.contains("mirrors")
+            && log.contains("[possible values: health, mirror, routing, integrations]"),
+        "{log}"
+    );
+}

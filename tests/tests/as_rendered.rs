@@ -228,6 +228,11 @@ async fn the_aggregator_of_install_yaml_runs_as_non_root_with_a_read_only_root()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_running_only_the_health_controller_runs_as_rendered() {
+    aggregator_as_rendered(Rendered::helm(&["aggregator.controllers={health}"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_single_unelected_aggregator_watching_pods_runs_as_rendered() {
     aggregator_as_rendered(Rendered::helm(&[
         "aggregator.replicas=1",

@@ -4,65 +4,21 @@
 
 use std::time::Duration;
 
-use fleetmirror_aggregator::crd::{SyncCoverage, VClusterHealth, VClusterHealthStatus};
-use fleetmirror_core::status::Condition;
+use fleetmirror_aggregator::crd::{SyncCoverage, VClusterHealth};
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::{GetVClusterRequest, ListVClustersRequest, VClusterSummary};
 use fleetmirror_tests::cluster::{ControlPlane, namespace};
 use fleetmirror_tests::eventually;
+use fleetmirror_tests::fleet::{condition, create_fleet, create_fleet_named, status};
 use fleetmirror_tests::footprint::{
     AnnotationStyle, VCluster, create, create_running_pod, set_pod_status,
 };
 use fleetmirror_tests::node::NodeSandbox;
-use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, http_get};
+use fleetmirror_tests::process::{Agent, Aggregator, AggregatorConfig, metric_with};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn create_fleet(client: &kube::Client, ns: &str, target: &str, interval: i64) {
-    create_fleet_named(client, ns, "fleet", target, interval).await
-}
-
-async fn create_fleet_named(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    target: &str,
-    interval: i64,
-) {
-    let vch = VClusterHealth::new(
-        name,
-        fleetmirror_aggregator::crd::VClusterHealthSpec {
-            namespace: Some(target.into()),
-            interval_seconds: Some(interval),
-        },
-    );
-    let mut vch = vch;
-    vch.metadata.namespace = Some(ns.into());
-    Api::<VClusterHealth>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &vch)
-        .await
-        .unwrap();
-}
-
-/// The status of VClusterHealth `ns/name`, once it has one.
-async fn status(client: &kube::Client, ns: &str, name: &str) -> Option<VClusterHealthStatus> {
-    Api::<VClusterHealth>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .ok()?
-        .status
-}
-
-/// Condition `type_` of VClusterHealth `ns/name`.
-async fn condition(client: &kube::Client, ns: &str, name: &str, type_: &str) -> Option<Condition> {
-    status(client, ns, name)
-        .await?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)
-}
 
 async fn coverage(client: &kube::Client, ns: &str) -> Vec<SyncCoverage> {
     status(client, ns, "fleet")
@@ -100,14 +56,6 @@ async fn wait_signals(
         },
     )
     .await
-}
-
-fn metric_with(admin_port: u16, name: &str, label: &str) -> f64 {
-    let (_, body) = http_get(admin_port, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
