@@ -98,3 +98,17 @@ pub async fn channel(url: &str) -> tonic::transport::Channel {
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
+
+/// The node names a Diagnostics `ListNodes` at `url` returns.
+pub async fn node_names(url: &str) -> Vec<String> {
+    use fleetmirror_proto::v1::{ListNodesRequest, diagnostics_client::DiagnosticsClient};
+    DiagnosticsClient::new(channel(url).await)
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("ListNodes at {url}: {e}"))
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}

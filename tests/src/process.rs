@@ -185,7 +185,11 @@ impl Drop for Process {
 
 /// A plain HTTP/1.0 GET on 127.0.0.1:`port`; returns (status code, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_on(TcpStream::connect(("127.0.0.1", port))?, path)
+}
+
+/// A plain HTTP/1.0 GET of `path` on a connected stream; returns (status code, body).
+pub fn http_get_on(mut s: TcpStream, path: &str) -> std::io::Result<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut raw = String::new();

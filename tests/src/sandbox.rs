@@ -22,10 +22,8 @@
 //! [`crate::node::NodeSandbox`]): only there can its mounts propagate back "to the host"
 //! without touching the machine's own mount table.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -125,21 +123,7 @@ pub fn http_get_in(pid: u32, port: u16, path: &str) -> std::io::Result<(u16, Str
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(std::io::Error::from)?;
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let code = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
+        crate::process::http_get_on(TcpStream::connect(("127.0.0.1", port))?, &path)
     })
     .join()
     .expect("http thread")

@@ -311,16 +311,7 @@ async fn report_protocol_asks_for_resync_and_refuses_hostile_streams() {
             "report for {other:?}"
         );
     }
-    let mut diag = DiagnosticsClient::connect(url).await.unwrap();
-    let names: Vec<String> = diag
-        .list_nodes(ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let names = fleetmirror_tests::node_names(&url).await;
     assert_eq!(names, ["n-proto"], "nothing hostile was recorded");
     assert!(agg.metric("fleetmirror_aggregator_resyncs_total").unwrap() >= 2.0);
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use fleetmirror_aggregator::crd::VClusterHealth;
 use fleetmirror_aggregator::leader::{ElectionConfig, LeaderElector};
 use fleetmirror_aggregator::platform::{Fenced, Leadership};
+use fleetmirror_proto::v1::GetVClusterRequest;
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
-use fleetmirror_proto::v1::{GetVClusterRequest, ListNodesRequest};
 use fleetmirror_runtime::shutdown::CancellationToken;
 use fleetmirror_tests::cluster::{
     ControlPlane, create_node, install_crds, kubeconfig_with_token, namespace,
@@ -219,16 +219,7 @@ async fn a_deleted_node_no_longer_counts() {
         },
     )
     .await;
-    let mut d = DiagnosticsClient::new(fleetmirror_tests::channel(&agg.grpc_url()).await);
-    let nodes: Vec<String> = d
-        .list_nodes(ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let nodes = fleetmirror_tests::node_names(&agg.grpc_url()).await;
     assert_eq!(
         nodes,
         [stays.name.as_str()],
@@ -470,44 +461,9 @@ impl Partition {
                     else {
                         return;
                     };
-                    let (mut ir, mut iw) = inbound.into_split();
-                    let (mut or, mut ow) = outbound.into_split();
-                    let up = {
-                        let f = f.clone();
-                        async move {
-                            let mut buf = vec![0u8; 16 * 1024];
-                            loop {
-                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                                let n = match ir.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => n,
-                                };
-                                if f.load(Ordering::SeqCst) {
-                                    return std::future::pending().await;
-                                }
-                                if ow.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    let down = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let n = match or.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if f.load(Ordering::SeqCst) {
-                                return std::future::pending().await;
-                            }
-                            if iw.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::join!(up, down);
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    tokio::join!(pump(ir, ow, f.clone()), pump(or, iw, f));
                 });
             }
         });
@@ -516,6 +472,28 @@ impl Partition {
 
     fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; once `frozen`, forwards nothing more.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
