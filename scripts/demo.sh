@@ -88,7 +88,12 @@ set_status team-alpha web-0-x-default-x-alpha True
 set_status team-beta beta-6b8f9d7c5-k2j4n False
 set_status team-beta coredns-5c9f7b8d6-w7p3z-x-kube-system-x-beta True
 
-step "a temporary node: kubelet pod directories for every pod on $NODE"
+step "a temporary node: its Node object, and kubelet pod directories for every pod on $NODE"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: $NODE}
+EOF
 KUBELET_ROOT=$DIR/node/var/lib/kubelet
 LOFT_ROOT=$DIR/node/var/lib/loft
 HOSTPATH_ROOT=$DIR/node/tmp/vcluster

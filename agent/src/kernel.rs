@@ -249,6 +249,8 @@ struct FakeState {
     mounts: Vec<(PathBuf, PathBuf)>,
     dirs: BTreeMap<PathBuf, BTreeSet<String>>,
     fail: BTreeMap<PathBuf, KernelError>,
+    /// How long every mountinfo read takes (a slow, busy node).
+    delay: std::time::Duration,
 }
 
 /// A fake kernel: keeps a mount table in memory, renders it as mountinfo, records every call,
@@ -280,6 +282,16 @@ impl RecordingKernel {
             .insert(dir.into(), names.iter().map(|s| s.to_string()).collect());
     }
 
+    /// Puts a mount that is not ours (of `source`) at `target`.
+    pub fn mount_foreign(&self, target: impl Into<PathBuf>, source: impl Into<PathBuf>) {
+        self.lock().mounts.push((target.into(), source.into()));
+    }
+
+    /// Makes every mountinfo read take `delay` (blocking the calling thread).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.lock().delay = delay;
+    }
+
     /// Every call so far, and forgets them.
     pub fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut self.lock().calls)
@@ -297,6 +309,8 @@ impl RecordingKernel {
 
 impl Kernel for RecordingKernel {
     fn mountinfo(&self) -> Result<Vec<u8>, KernelError> {
+        let delay = self.lock().delay;
+        std::thread::sleep(delay);
         let s = self.lock();
         self.check(&s, Path::new("/proc/self/mountinfo"))?;
         let mut text = String::from("1 0 8:1 / / rw shared:1 - ext4 /dev/fake rw\n");

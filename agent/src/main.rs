@@ -86,6 +86,43 @@ fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// Refuses to start for a node that does not exist: with a wrong `--node-name` the pod watch
+/// would see no pods, and every mount on the node would look like garbage. Transient errors
+/// are retried for about half a minute; a missing Node or missing RBAC is an error at once.
+async fn check_node(
+    client: &kube::Client,
+    name: &str,
+    shutdown: &shutdown::CancellationToken,
+) -> anyhow::Result<()> {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match api.get_opt(name).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => bail!(
+                "node {name:?} does not exist (--node-name / FLEETMIRROR_NODE_NAME; in the \
+                 DaemonSet it comes from spec.nodeName): refusing to start, since the agent would \
+                 take every mount on this node for garbage"
+            ),
+            Err(kube::Error::Api(s)) if s.code == 403 => bail!(
+                "may not read Node {name:?} ({}): the agent's ClusterRole needs get on nodes",
+                s.message
+            ),
+            Err(e) if attempt < 7 => {
+                tracing::warn!(node = name, error = %e, retry_in = ?delay, "cannot read this node's Node object yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => bail!("shut down before the node could be checked"),
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(8));
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading Node {name:?}")),
+        }
+    }
+}
+
 async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let token = shutdown::CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
@@ -94,6 +131,7 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
     let metrics = Metrics::register(&mut registry);
     let readiness = admin::Readiness::default();
     let clients = kubeconfig::clients(args.common.kubeconfig.as_deref()).await?;
+    check_node(&clients.requests, &args.node_name, &token).await?;
     let watches = Watches::new(
         clients.watches.clone(),
         tasks.clone(),

@@ -199,6 +199,8 @@ impl<K: Kernel> NodeReconciler<K> {
         // Execute. A pod in backoff is skipped; a failure puts it in backoff.
         let now = Instant::now();
         let mut failed: HashMap<(String, Layout), String> = HashMap::new();
+        // Targets that needed a bind this pass: the only ones a retry may exist for.
+        let mut needs_bind: BTreeSet<std::path::PathBuf> = BTreeSet::new();
         if blind {
             planned.actions.clear();
             for (uid, mounts) in &planned.pods {
@@ -225,6 +227,7 @@ impl<K: Kernel> NodeReconciler<K> {
                 } => {
                     let layout = plan::target_layout(&self.config.roots, &target.path());
                     let key = target.path();
+                    needs_bind.insert(key.clone());
                     if let Some(r) = self.retries.get(&key)
                         && r.next > now
                     {
@@ -281,14 +284,10 @@ impl<K: Kernel> NodeReconciler<K> {
                 }
             }
         }
-        let planned_targets: BTreeSet<std::path::PathBuf> = planned
-            .pods
-            .values()
-            .flatten()
-            .filter_map(|m| m.target.as_ref().map(Target::path))
-            .collect();
-        self.retries
-            .retain(|target, _| planned_targets.contains(target));
+        // A retry exists only while its target still needs a bind: one that is adopted,
+        // pending, in conflict, refused or occupied by a foreign mount has nothing to retry
+        // (a leftover entry whose time had passed would wake the loop at once, for ever).
+        self.retries.retain(|target, _| needs_bind.contains(target));
 
         // Mount states into the report, logging each change once.
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
@@ -334,7 +333,9 @@ impl<K: Kernel> NodeReconciler<K> {
         self.logged = seen;
         self.metrics.set_mount_counts(&counts);
         self.metrics.pass_done(started.elapsed());
-        let next_retry = self.retries.values().map(|r| r.next).min();
+        // Never earlier than the minimum backoff from now, whatever an entry says.
+        let floor = Instant::now() + BACKOFF_MIN;
+        let next_retry = self.retries.values().map(|r| r.next.max(floor)).min();
         (
             NodeState {
                 pods: reported,
@@ -425,6 +426,21 @@ fn control_planes(metas: Vec<ObjectMeta>) -> BTreeMap<String, BTreeSet<ControlPl
     out
 }
 
+/// Runs one pass on a blocking thread (it reads mountinfo and directories, opens paths and
+/// mounts: syscalls that may block on a busy node), so watches, heartbeats and `/livez` keep
+/// answering on the async runtime meanwhile. The reconciler moves there and back.
+pub async fn pass_off_runtime<K: Kernel + 'static>(
+    mut reconciler: NodeReconciler<K>,
+    view: ApiView,
+) -> (NodeReconciler<K>, NodeState, Option<Instant>) {
+    tokio::task::spawn_blocking(move || {
+        let (state, retry) = reconciler.pass(&view);
+        (reconciler, state, retry)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Runs the reconciler until `shutdown`: watches, inotify, periodic passes. Marks `ready` after
 /// the first pass with both watches synced. Never unmounts on the way out.
 pub async fn run<K: Kernel + 'static>(
@@ -468,7 +484,8 @@ pub async fn run<K: Kernel + 'static>(
             pods: pods.state(),
             control_planes: control_planes(control_planes_watch.metadata()),
         };
-        let (node_state, retry_at) = reconciler.pass(&view);
+        let (node_state, retry_at);
+        (reconciler, node_state, retry_at) = pass_off_runtime(reconciler, view).await;
         // `None` until the first pass: the reporter sends no snapshot before there is one.
         state.send_if_modified(|s| {
             if s.as_ref() == Some(&node_state) {
@@ -613,6 +630,99 @@ mod tests {
         let (s, retry) = r.pass(&v);
         assert_eq!(phase(&s, HOST_UID), MountPhase::Mounted);
         assert!(retry.is_none());
+    }
+
+    #[test]
+    fn a_target_that_no_longer_needs_a_bind_keeps_no_retry() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let target = format!("/loft/vc/kubelet/pods/{VUID}");
+        k.fail_on(
+            &target,
+            KernelError::Symlink {
+                path: target.clone().into(),
+            },
+        );
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        let v = view(vec![pod(HOST_UID, VUID)]);
+        let (s, retry) = r.pass(&v);
+        assert_eq!(phase(&s, HOST_UID), MountPhase::Failed);
+        let retry = retry.expect("a refused bind is retried");
+        assert!(retry >= Instant::now() + BACKOFF_MIN - Duration::from_millis(50));
+
+        // The target became somebody else's mount: nothing to retry, nothing to wake up for,
+        // even once the old retry time has passed.
+        k.heal(std::path::Path::new(&target));
+        k.mount_foreign(&target, "/srv/foreign");
+        r.retries.values_mut().for_each(|x| x.next = Instant::now());
+        let (s, retry) = r.pass(&v);
+        assert!(s.pods[HOST_UID].mounts[0].reason.contains("left alone"));
+        assert_eq!(retry, None, "no retry for a target that needs no bind");
+        assert!(r.retries.is_empty());
+        let (_, retry) = r.pass(&v);
+        assert_eq!(retry, None);
+        assert!(
+            k.take_calls()
+                .iter()
+                .filter(|c| matches!(c, Call::Bind(..)))
+                .count()
+                == 1
+        );
+    }
+
+    #[test]
+    fn a_retry_is_never_sooner_than_the_minimum_backoff() {
+        let k = Arc::new(RecordingKernel::default());
+        k.set_dir("/k/pods", &[HOST_UID]);
+        let target = format!("/loft/vc/kubelet/pods/{VUID}");
+        k.fail_on(
+            &target,
+            KernelError::Missing {
+                path: target.clone().into(),
+            },
+        );
+        let mut r = NodeReconciler::new(config(), k.clone(), Metrics::default());
+        let v = view(vec![pod(HOST_UID, VUID)]);
+        r.pass(&v);
+        // A retry entry whose time passed while the target still fails: the next wake-up is a
+        // minimum backoff away, not now.
+        r.retries
+            .values_mut()
+            .for_each(|x| x.next = Instant::now() - Duration::from_secs(5));
+        let before = Instant::now();
+        let (_, retry) = r.pass(&v);
+        assert!(retry.unwrap() >= before + BACKOFF_MIN, "no busy loop");
+    }
+
+    #[test]
+    fn a_slow_pass_does_not_block_the_async_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let k = Arc::new(RecordingKernel::default());
+            k.set_dir("/k/pods", &[HOST_UID]);
+            k.set_delay(Duration::from_millis(600));
+            let r = NodeReconciler::new(config(), k, Metrics::default());
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let t = ticks.clone();
+            // Stands for the watches, heartbeats and /livez sharing the runtime.
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            let (_, state, _) = pass_off_runtime(r, view(vec![pod(HOST_UID, VUID)])).await;
+            ticker.abort();
+            assert_eq!(phase(&state, HOST_UID), MountPhase::Mounted);
+            let n = ticks.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                n >= 20,
+                "the runtime ran only {n} ticks during a 600 ms pass"
+            );
+        });
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum ReportError {
     /// The aggregator closed the stream.
     #[error("aggregator closed the stream")]
     Closed,
+    /// The aggregator did not answer the stream's opening in time.
+    #[error("the aggregator did not accept the stream within {0:?}")]
+    SetupTimeout(Duration),
 }
 
 impl ReportError {
@@ -62,6 +65,7 @@ impl ReportError {
                 _ => "status",
             },
             ReportError::Closed => "closed",
+            ReportError::SetupTimeout(_) => "setup_timeout",
         }
     }
 
@@ -102,6 +106,8 @@ pub struct Reporter {
     pub metrics: Metrics,
 }
 
+/// How long opening a stream (connect aside) may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -147,11 +153,11 @@ impl Reporter {
         }
     }
 
-    fn token(
+    async fn token(
         &self,
     ) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, ReportError> {
         let path = self.token_path.display().to_string();
-        match std::fs::read_to_string(&self.token_path) {
+        match tokio::fs::read_to_string(&self.token_path).await {
             Ok(token) => format!("Bearer {}", token.trim())
                 .parse()
                 .map(Some)
@@ -214,10 +220,15 @@ impl Reporter {
         let _ = tx.try_send(self.message(sequence, Body::Snapshot(sent.snapshot())));
         self.metrics.sent("snapshot");
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = self.token()? {
+        if let Some(token) = self.token().await? {
             request.metadata_mut().insert("authorization", token);
         }
-        let mut acks = client.report(request).await?.into_inner();
+        // The aggregator authenticates the stream before it answers; one that never answers
+        // (overloaded, or a black hole) must not hold the agent: give up and reconnect.
+        let mut acks = tokio::time::timeout(SETUP_TIMEOUT, client.report(request))
+            .await
+            .map_err(|_| ReportError::SetupTimeout(SETUP_TIMEOUT))??
+            .into_inner();
         tracing::info!(%addr, pods = sent.pods.len(), "report stream open; snapshot sent");
         self.metrics.connected.set(1);
         let mut heartbeat =

@@ -280,6 +280,33 @@ pub async fn install_crds(client: &kube::Client) {
     }
 }
 
+/// Creates Node `name` in cluster `i` unless it exists, from a synchronous context (kubectl):
+/// the agent refuses to start for a node that does not exist, as kubelet would have
+/// registered it.
+pub fn ensure_node(cp: &ControlPlane, i: usize, name: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig(i))
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    write!(
+        child.stdin.take().unwrap(),
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{name}\"}}}}"
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "creating Node {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Creates Node `name` (metadata only: there is no kubelet behind it), as a real node would
 /// have registered itself.
 pub async fn create_node(client: &kube::Client, name: &str) {

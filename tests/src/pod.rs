@@ -194,6 +194,8 @@ impl PodProcess {
             .clone()
             .unwrap_or_else(|| "default".into());
         let node_name = ctx.node.map_or(ctx.node_name.clone(), |n| n.name.clone());
+        // kubelet registered its Node before it ran any pod.
+        crate::cluster::create_node(&client, &node_name).await;
         let pod = bound_pod(&client, &ctx.namespace, &ctx.pod_name, &sa, &node_name).await;
 
         let dir = std::env::temp_dir().join(format!("fleetmirror-pod-{}", crate::suffix()));

@@ -356,6 +356,7 @@ impl Agent {
         aggregator_url: Option<&str>,
         extra_args: &[String],
     ) -> Agent {
+        crate::cluster::ensure_node(cp, cluster, &node.name);
         let admin_port = free_port();
         let mut args = vec![
             "-t".into(),

@@ -224,6 +224,40 @@ fn agent_fails_fast_with_a_clear_message() {
     );
 }
 
+/// A typo in the node name must not make the agent take every mount for garbage: a node that
+/// does not exist refuses to start, naming it (with the right name it mounts: every other
+/// agent test starts agents on registered nodes).
+#[test]
+fn an_agent_for_a_node_that_does_not_exist_refuses_to_start() {
+    let cp = ControlPlane::shared();
+    let sandbox = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    let missing = format!("no-such-node-{}", fleetmirror_tests::suffix());
+    let mut args: Vec<String> = sandbox
+        .agent_args()
+        .into_iter()
+        .filter(|a| !a.starts_with("--node-name"))
+        .collect();
+    args.extend([
+        format!("--node-name={missing}"),
+        format!("--kubeconfig={}", cp.kubeconfig(0).display()),
+        "--admin-addr=127.0.0.1:0".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, log) = run_to_exit(&args, false);
+    assert!(
+        !ok && log.contains(&format!("node {missing:?} does not exist")),
+        "{log}"
+    );
+    assert!(
+        sandbox
+            .mounts()
+            .entries()
+            .iter()
+            .all(|e| !e.mount_point.starts_with(&sandbox.loft_root)),
+        "nothing was touched"
+    );
+}
+
 fn snapshot(node: &str, seq: u64) -> NodeReport {
     NodeReport {
         node_name: node.into(),

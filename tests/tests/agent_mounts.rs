@@ -387,3 +387,77 @@ async fn hostile_pods_are_refused_with_a_reason_and_nothing_is_mounted() {
         "nothing was written through the planted symlink"
     );
 }
+
+/// Reconcile passes the agent runs over 10 s.
+async fn passes_over_ten_seconds(agent: &Agent) -> f64 {
+    let passes = || {
+        agent
+            .metric("fleetmirror_agent_reconcile_passes_total")
+            .unwrap_or(0.0)
+    };
+    let before = passes();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    passes() - before
+}
+
+/// A refused bind is retried with backoff; once its target needs no bind any more (here it
+/// became somebody else's mount) nothing is left to retry, and a quiet node runs only its
+/// periodic safety-net pass (this once spun ~3 500 passes a second).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_node_runs_no_passes_even_after_a_refusal() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "quiet").await;
+    let node = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));
+    let name = format!("vc-{}", fleetmirror_tests::suffix());
+    let vc = VCluster::new(&ns, &name);
+    let synced = vc.create_complete(&client, &node.name).await;
+    for p in &synced {
+        node.create_pod_dir(&uid(p));
+    }
+    let agent = Agent::start(cp, 0, &node, None, &[]);
+    let first = loft_target(&node, &name, &vuid(&synced[0]));
+    eventually(WAIT, "the healthy pods mounted", || async {
+        node.mounts().at(&first).map(|_| ())
+    })
+    .await;
+    let quiet = passes_over_ten_seconds(&agent).await;
+    assert!(quiet <= 2.0, "{quiet} passes in 10 s on a quiet node");
+
+    // A pod whose target is a planted symlink: refused, retried with backoff.
+    let planted = vc.synced_pod("default", "planted", &node.name, AnnotationStyle::Classic);
+    let target = loft_target(&node, &name, &planted.virtual_uid);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let bait = node.base.join("bait");
+    std::fs::create_dir_all(&bait).unwrap();
+    std::os::unix::fs::symlink(&bait, &target).unwrap();
+    let p = create_running_pod(&client, &planted.pod, true).await;
+    node.create_pod_dir(&uid(&p));
+    eventually(WAIT, "the symlink refused", || async {
+        agent
+            .process
+            .log()
+            .contains("is a symlink or not a directory")
+            .then_some(())
+    })
+    .await;
+    // The target becomes a foreign mount: nothing to retry any more.
+    std::fs::remove_file(&target).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    node.run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "foreign",
+        &target.display().to_string(),
+    ]);
+    eventually(WAIT, "the foreign mount seen and left alone", || async {
+        agent.process.log().contains("left alone").then_some(())
+    })
+    .await;
+    let after = passes_over_ten_seconds(&agent).await;
+    assert!(
+        after <= 2.0,
+        "{after} passes in 10 s after the target became a foreign mount"
+    );
+}
