@@ -139,9 +139,10 @@ pub struct Args {
 impl Args {
     /// Checks relations between flags that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.lease_retry_interval >= self.lease_duration {
+        if self.lease_retry_interval * 2 > self.lease_duration {
             return Err(format!(
-                "--lease-retry-interval ({}) must be shorter than --lease-duration ({})",
+                "--lease-retry-interval ({}) must be at most half of --lease-duration ({}): a \
+                 term lasts the difference, and every write must fit in it",
                 humantime::format_duration(self.lease_retry_interval),
                 humantime::format_duration(self.lease_duration)
             ));

@@ -247,6 +247,8 @@ pub struct AgentFacts {
     pub pods: Vec<ReportedPod>,
     /// Every node that reported.
     pub nodes: std::collections::BTreeSet<String>,
+    /// Nodes whose agent is not silent past the grace period.
+    pub fresh_nodes: usize,
 }
 
 impl FleetIndex {
@@ -273,6 +275,7 @@ impl FleetIndex {
         for (node, e) in &inner.nodes {
             let stale = self.is_stale(e, now);
             facts.nodes.insert(node.clone());
+            facts.fresh_nodes += usize::from(!stale);
             facts.pods.extend(e.pods.values().map(|p| {
                 ReportedPod {
                     fact: fleetmirror_core::health::PodFact {

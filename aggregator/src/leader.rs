@@ -74,8 +74,9 @@ pub struct ElectionConfig {
     pub request_timeout: Duration,
 }
 
-/// How many nodes' agents report to this replica, when it is the kind of number to publish.
-pub type AgentNodes = std::sync::Arc<dyn Fn() -> Option<u32> + Send + Sync>;
+/// How many nodes' agents report to this replica, when it is the kind of number to publish,
+/// given the count the current term started from (the previous leader's), if any.
+pub type AgentNodes = std::sync::Arc<dyn Fn(Option<u32>) -> Option<u32> + Send + Sync>;
 
 /// A candidate for the Lease.
 pub struct LeaderElector {
@@ -173,7 +174,8 @@ impl LeaderElector {
             let attempt = if budget.is_zero() {
                 Err("the term ended before the lease could be renewed".to_owned())
             } else {
-                match tokio::time::timeout(budget, self.try_acquire_or_renew(&mut observed)).await {
+                let attempt = self.try_acquire_or_renew(&mut observed, term.as_ref());
+                match tokio::time::timeout(budget, attempt).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err(format!("no answer from the API server within {budget:?}")),
                 }
@@ -182,8 +184,13 @@ impl LeaderElector {
                 Ok(Attempt::Held {
                     previous_agent_nodes,
                 }) => {
+                    // A renewal answered after the term lapsed does not revive it: leadership
+                    // regained after a lapse is a new term.
+                    if term.as_ref().is_some_and(|t| !t.extend(started + margin)) {
+                        step_down(&mut term, "the term lapsed before the renewal was answered");
+                    }
                     match &term {
-                        Some(t) => t.extend(started + margin),
+                        Some(_) => {}
                         None => {
                             terms += 1;
                             let t = Term::new(
@@ -230,7 +237,9 @@ impl LeaderElector {
             }
         }
         if let Some(t) = term.take() {
-            t.end();
+            // No new write; those in flight are answered before the Lease is released, so none
+            // lands after the next leader's first.
+            t.hand_over(self.config.request_timeout).await;
             leadership.send_replace(None);
             match self.release().await {
                 Ok(()) => tracing::info!("released the lease"),
@@ -244,6 +253,7 @@ impl LeaderElector {
     async fn try_acquire_or_renew(
         &self,
         observed: &mut Option<(Observed, Instant)>,
+        term: Option<&Term>,
     ) -> Result<Attempt, kube::Error> {
         let me = &self.config.identity;
         let Some(lease) = self.api.get_opt(LEASE_NAME).await? else {
@@ -257,7 +267,7 @@ impl LeaderElector {
                     ..Default::default()
                 }),
             };
-            let lease = self.stamp(lease, true);
+            let lease = self.stamp(lease, true, None);
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held {
                     previous_agent_nodes: None,
@@ -287,16 +297,16 @@ impl LeaderElector {
                 }));
             }
         }
-        let previous_agent_nodes = (holder != *me).then(|| agent_nodes(&lease)).flatten();
+        // Starting a term (from another holder, or again after our own lapsed): how many
+        // nodes reported to the last leader, which the new term waits for.
+        let previous_agent_nodes = term.is_none().then(|| agent_nodes(&lease)).flatten();
+        let carried = term.map_or(previous_agent_nodes, Term::previous_agent_nodes);
         let acquiring = holder != *me;
+        let stamped = self.stamp(lease, acquiring, carried);
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
         match self
             .api
-            .replace(
-                LEASE_NAME,
-                &PostParams::default(),
-                &self.stamp(lease, acquiring),
-            )
+            .replace(LEASE_NAME, &PostParams::default(), &stamped)
             .await
         {
             Ok(_) => Ok(Attempt::Held {
@@ -314,17 +324,14 @@ impl LeaderElector {
                 if !still_ours {
                     return Ok(other("(another replica)"));
                 }
+                let stamped = self.stamp(fresh, false, carried);
                 match self
                     .api
-                    .replace(
-                        LEASE_NAME,
-                        &PostParams::default(),
-                        &self.stamp(fresh, false),
-                    )
+                    .replace(LEASE_NAME, &PostParams::default(), &stamped)
                     .await
                 {
                     Ok(_) => Ok(Attempt::Held {
-                        previous_agent_nodes: None,
+                        previous_agent_nodes,
                     }),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(other("(another replica)")),
                     Err(e) => Err(e),
@@ -335,8 +342,10 @@ impl LeaderElector {
         }
     }
 
-    /// `lease` held by this replica from now: renewed, with its annotations.
-    fn stamp(&self, mut lease: Lease, acquiring: bool) -> Lease {
+    /// `lease` held by this replica from now: renewed, with its annotations. The agent-node
+    /// count published is never below `carried` (the previous leader's) while this replica's
+    /// own agents reconnect, so a second failover in quick succession still waits for them.
+    fn stamp(&self, mut lease: Lease, acquiring: bool, carried: Option<u32>) -> Lease {
         let now = MicroTime(Timestamp::now());
         let me = &self.config.identity;
         let spec = lease.spec.get_or_insert_with(Default::default);
@@ -354,7 +363,7 @@ impl LeaderElector {
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(self.config.lease_duration.as_secs().max(1) as i32);
         set_address(&mut lease, self.config.advertise, me);
-        if let Some(n) = (self.agent_nodes)() {
+        if let Some(n) = (self.agent_nodes)(carried) {
             lease
                 .metadata
                 .annotations

@@ -118,6 +118,24 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     });
+    // Dead agents' entries leave the index whatever the controllers (agents report to any
+    // aggregator); deleted Nodes are dropped at once by the health controller, which watches them.
+    tasks.spawn("agent index janitor", {
+        let (index, token, after) = (index.clone(), token.clone(), args.agent_forget_after);
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        for node in index.expire(std::time::Instant::now(), after) {
+                            tracing::info!(node, ?after, "forgot a node whose agent is silent");
+                        }
+                    }
+                    _ = token.cancelled() => return Ok(()),
+                }
+            }
+        }
+    });
     if controllers.contains(&Controller::Health) {
         let controller = fleetmirror_aggregator::health::HealthController {
             ctx: ctx.clone(),
@@ -125,17 +143,18 @@ async fn main() -> anyhow::Result<()> {
             pod_source: args.pod_source,
             metrics: metrics.clone(),
             stale_after: args.agent_stale_after,
-            forget_after: args.agent_forget_after,
         };
         tasks.spawn("health controller", controller.run());
     }
     if args.leader_elect {
+        // While its own agents reconnect, a new leader publishes at least the count it
+        // inherited (its warm-up ends when that many have snapshotted, or the stale-after).
         let agent_nodes: AgentNodes = match args.pod_source {
             PodSource::Agents => {
                 let index = index.clone();
-                Arc::new(move || Some(index.live_nodes()))
+                Arc::new(move |inherited| Some(index.live_nodes().max(inherited.unwrap_or(0))))
             }
-            PodSource::Api => Arc::new(|| None),
+            PodSource::Api => Arc::new(|_| None),
         };
         let elector = LeaderElector::new(
             clients.requests.clone(),

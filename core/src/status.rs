@@ -32,6 +32,11 @@ impl Time {
         later.0.duration_since(self.0).as_secs().max(0) as u64
     }
 
+    /// The time from `self` to `later`, to the nanosecond (zero when `later` is earlier).
+    pub fn duration_until(self, later: Time) -> Duration {
+        Duration::try_from(later.0.duration_since(self.0)).unwrap_or(Duration::ZERO)
+    }
+
     /// `self` plus `secs` seconds (saturating).
     pub fn plus_secs(self, secs: i64) -> Time {
         Time(
@@ -221,6 +226,16 @@ impl EventGate {
         self.buckets.insert(object.to_owned(), (tokens - 1.0, now));
         self.recent.insert(key, now);
         Admit::Publish
+    }
+
+    /// Takes back an admission whose Event could not be published (the term ended, the API
+    /// refused): it was not said, so it neither suppresses a later one nor costs a token.
+    pub fn undo(&mut self, object: &str, event: &Event) {
+        self.recent
+            .remove(&(object.to_owned(), event.reason, event.note.clone()));
+        if let Some((tokens, _)) = self.buckets.get_mut(object) {
+            *tokens = (*tokens + 1.0).min(Self::BURST);
+        }
     }
 }
 

@@ -38,9 +38,32 @@ use crate::shutdown::Tasks;
 struct WatchState {
     /// Since when every attempt to list or watch failed (`None`: it works).
     failing_since: Option<Instant>,
-    /// The last error.
+    /// The same moment on the wall clock, for messages.
+    failing_since_wall: Option<std::time::SystemTime>,
+    /// When the last attempt failed.
+    last_error_at: Option<Instant>,
+    /// The first error of this failure (stable: it goes into status messages).
+    first_error: String,
+    /// The last error (for /readyz).
     error: String,
 }
+
+impl WatchState {
+    /// Failing for longer than `grace` at `now`. A failing watch retries at least every
+    /// [`WATCH_BACKOFF_MAX`] (+ jitter) and each retry that fails is recorded; one with no
+    /// error for longer than that has recovered, even if the watch yielded nothing (a re-watch
+    /// that succeeds without a relist yields no event).
+    fn failing(&self, grace: Duration, now: Instant) -> bool {
+        let (Some(since), Some(last)) = (self.failing_since, self.last_error_at) else {
+            return false;
+        };
+        now.saturating_duration_since(since) > grace
+            && now.saturating_duration_since(last) <= RECOVERED_AFTER
+    }
+}
+
+/// A failing watch with no error for this long has recovered.
+const RECOVERED_AFTER: Duration = Duration::from_secs(17);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabel {
@@ -203,6 +226,7 @@ impl Watches {
                             if let Some(s) = lock(&states).get_mut(&name)
                                 && s.failing_since.take().is_some()
                             {
+                                s.last_error_at = None;
                                 tracing::info!(watch = %name, "watch recovered");
                             }
                             trigger.notify_one();
@@ -213,7 +237,14 @@ impl Watches {
                             {
                                 let mut all = lock(&states);
                                 let s = all.entry(name.clone()).or_default();
-                                s.failing_since.get_or_insert_with(Instant::now);
+                                let now = Instant::now();
+                                if s.last_error_at.is_none_or(|t| now.saturating_duration_since(t) > RECOVERED_AFTER) {
+                                    // A new failure (or the first after a silent recovery).
+                                    s.failing_since = Some(now);
+                                    s.failing_since_wall = Some(std::time::SystemTime::now());
+                                    s.first_error = error.to_string();
+                                }
+                                s.last_error_at = Some(now);
                                 s.error = error.to_string();
                             }
                             trigger.notify_one();
@@ -227,27 +258,55 @@ impl Watches {
     }
 
     /// The first of `names` (all watches when empty) that has failed for longer than the
-    /// grace period, as "watch <name> failing for 45s: <error>".
+    /// grace period, as "watch <name> failing since <RFC 3339>: <first error>". The message is
+    /// stable for the whole failure, so a status that carries it is written once.
     pub fn failing(&self, names: &[&str]) -> Option<String> {
-        let all: Vec<String> = lock(&self.states).keys().cloned().collect();
-        all.iter()
-            .filter(|n| names.is_empty() || names.contains(&n.as_str()))
-            .find_map(|n| {
-                failing_for(&self.states, n, self.grace).map(|why| format!("watch {n} {why}"))
+        let now = Instant::now();
+        lock(&self.states)
+            .iter()
+            .filter(|(n, _)| names.is_empty() || names.contains(&n.as_str()))
+            .find(|(_, s)| s.failing(self.grace, now))
+            .map(|(n, s)| {
+                let since = s
+                    .failing_since_wall
+                    .map(|t| {
+                        let secs = t
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64);
+                        jiff::Timestamp::from_second(secs)
+                            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                format!("watch {n} failing since {since}: {}", s.first_error)
             })
     }
 
-    /// When the next watch now failing will have failed for longer than the grace period
-    /// (a controller wakes up then to say so).
+    /// When a watch's state next changes for [`Watches::failing`] without any event: one now
+    /// failing crossing the grace period, or one failing going quiet long enough to count as
+    /// recovered (a controller wakes up then).
     pub fn next_failure_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         lock(&self.states)
             .values()
-            .filter_map(|s| s.failing_since)
-            .map(|t| t + self.grace)
+            .flat_map(|s| {
+                [
+                    s.failing_since.map(|t| t + self.grace),
+                    s.last_error_at.map(|t| t + RECOVERED_AFTER),
+                ]
+            })
+            .flatten()
             .filter(|t| *t > now)
             .min()
     }
+}
+
+fn failing_for(states: &States, name: &str, grace: Duration) -> Option<String> {
+    let all = lock(states);
+    let s = all.get(name)?;
+    let since = s.failing_since?;
+    s.failing(grace, Instant::now())
+        .then(|| format!("failing for {}s: {}", since.elapsed().as_secs(), s.error))
 }
 
 /// How a failing watch retries: 0.5 s, doubling, at most [`WATCH_BACKOFF_MAX`], with a little
@@ -281,13 +340,6 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.failures = 0;
     }
-}
-
-fn failing_for(states: &States, name: &str, grace: Duration) -> Option<String> {
-    let all = lock(states);
-    let s = all.get(name)?;
-    let d = s.failing_since?.elapsed();
-    (d > grace).then(|| format!("failing for {}s: {}", d.as_secs(), s.error))
 }
 
 /// The longest value kept of a label or annotation we read. Every valid value is shorter (a
@@ -437,6 +489,36 @@ mod tests {
             managed_fields: Some(vec![ManagedFieldsEntry::default()]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_watch_fails_past_its_grace_and_recovers_when_errors_stop() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(60);
+        let mut s = WatchState::default();
+        assert!(!s.failing(grace, t0));
+        s.failing_since = Some(t0);
+        s.last_error_at = Some(t0);
+        assert!(
+            !s.failing(grace, t0 + Duration::from_secs(59)),
+            "within grace"
+        );
+        s.last_error_at = Some(t0 + Duration::from_secs(55));
+        assert!(
+            s.failing(grace, t0 + Duration::from_secs(61)),
+            "errors keep coming"
+        );
+        assert!(
+            !s.failing(
+                grace,
+                t0 + Duration::from_secs(55) + RECOVERED_AFTER + Duration::from_secs(1)
+            ),
+            "no error for longer than the slowest retry: recovered without an event"
+        );
+        assert!(
+            RECOVERED_AFTER > WATCH_BACKOFF_MAX.mul_f64(1.2),
+            "a failing watch errors sooner"
+        );
     }
 
     #[test]

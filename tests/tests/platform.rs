@@ -520,7 +520,7 @@ fn candidate(
             advertise: None,
             request_timeout: Duration::from_secs(10),
         },
-        Arc::new(|| Some(1)),
+        Arc::new(|_| Some(1)),
     );
     let stop = stop.clone();
     tokio::spawn(async move {

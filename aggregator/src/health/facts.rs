@@ -78,17 +78,12 @@ impl Inputs {
             "vclusterhealths",
         );
         let (pods, nodes) = match pod_source {
-            PodSource::Agents => {
-                names.push("nodes");
-                (
-                    vec![],
-                    Some(watches.metadata_store::<Node>(
-                        watcher::Config::default(),
-                        trigger,
-                        "nodes",
-                    )),
-                )
-            }
+            // Not in `names`: scores never read Node objects, so a failing Node watch only
+            // pauses forgetting deleted nodes (and shows on /readyz), it freezes no status.
+            PodSource::Agents => (
+                vec![],
+                Some(watches.metadata_store::<Node>(watcher::Config::default(), trigger, "nodes")),
+            ),
             PodSource::Api => {
                 let selectors = [fleetmirror_core::naming::LABEL_MANAGED_BY.to_owned(), app];
                 let pods = selectors
@@ -128,17 +123,17 @@ impl Inputs {
         for s in &self.pods {
             s.wait_until_ready().await?;
         }
-        if let Some(n) = &self.nodes {
-            n.wait_until_ready().await?;
-        }
+        // (Not the Node watch: scoring does not wait for what only forgetting needs.)
         Ok(())
     }
 
-    /// The names of the Node objects that exist (agent mode).
+    /// The names of the Node objects that exist (agent mode), once the Node watch has listed
+    /// them: `None` while it has not (forgetting waits).
     pub fn node_names(&self) -> Option<BTreeSet<String>> {
-        self.nodes
-            .as_ref()
-            .map(|s| s.state().iter().map(|n| n.name_any()).collect())
+        use futures::FutureExt;
+        let store = self.nodes.as_ref()?;
+        store.wait_until_ready().now_or_never()?.ok()?;
+        Some(store.state().iter().map(|n| n.name_any()).collect())
     }
 }
 
@@ -149,6 +144,8 @@ pub(super) struct Facts {
     pods: Vec<PodFact>,
     /// Nodes that reported (agent mode) or run vCluster pods (API mode).
     pub nodes: BTreeSet<String>,
+    /// Agent mode: nodes whose agent is not silent past the grace period.
+    pub fresh_nodes: usize,
     /// (namespace, vCluster) → (mounted, expected) mounts.
     coverage: HashMap<(String, String), (u32, u32)>,
     /// (namespace, vCluster) → pods seen.
@@ -291,6 +288,7 @@ pub(super) fn collect(
         services,
         pods: vec![],
         nodes: BTreeSet::new(),
+        fresh_nodes: 0,
         coverage: HashMap::new(),
         pods_seen: HashMap::new(),
         stale: BTreeSet::new(),
@@ -299,6 +297,7 @@ pub(super) fn collect(
         PodSource::Agents => {
             let mut a = index.agent_facts(at);
             facts.nodes = a.nodes;
+            facts.fresh_nodes = a.fresh_nodes;
             // Aggregate per (namespace, vCluster) after sorting: one key per vCluster,
             // not one per pod, and the facts are moved, not cloned.
             a.pods.sort_unstable_by(|x, y| {

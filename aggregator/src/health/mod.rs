@@ -13,8 +13,8 @@
 //!
 //! Freshness: any change of an input triggers a recompute (debounced 100 ms), and so do a
 //! node's agent going silent past `--agent-stale-after`, a watch failing past its grace
-//! period, a write's backoff running out and leadership changing; a 1 s tick checks each
-//! object's `intervalSeconds`. A status is written only when it changed (timestamps aside) or
+//! period, a write's backoff running out, leadership changing, and the next object whose
+//! `intervalSeconds` heartbeat is due; nothing else wakes it. A status is written only when it changed (timestamps aside) or
 //! `intervalSeconds` passed since `lastUpdated` (the heartbeat). Every replica scores (so
 //! Diagnostics answers anywhere); only the leader writes, fenced by its term.
 //!
@@ -68,8 +68,6 @@ pub struct HealthController {
     pub metrics: Metrics,
     /// `--agent-stale-after`: also how long a new leader waits for agents at most.
     pub stale_after: Duration,
-    /// `--agent-forget-after`: a silent node's entry is dropped after this.
-    pub forget_after: Duration,
 }
 
 impl std::fmt::Debug for HealthController {
@@ -104,55 +102,56 @@ impl HealthController {
         let writer = self.ctx.status_writer(NAME);
         let events = self.ctx.events(NAME);
         let mut leadership = self.ctx.leadership.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut dirty = true;
         // Nodes whose Node object this replica has seen (a node is dropped only once seen
         // and then gone).
         let mut nodes_seen: BTreeSet<String> = BTreeSet::new();
-        // The time the last facts were taken at: staleness is judged as of then.
-        let mut scored_at = Instant::now();
         loop {
+            // Every wake-up is a reason to recompute. The facts are taken once, at
+            // `scored_at`: staleness is judged as of then.
             let now = Time::now();
-            let due = inputs.vchs.state().iter().any(|v| heartbeat_due(v, now));
-            if dirty || due {
-                let started = Instant::now();
-                scored_at = Instant::now();
-                self.forget_dead_nodes(&inputs, &mut nodes_seen, scored_at);
-                let facts = facts::collect(&inputs, &self.index, self.pod_source, scored_at);
-                let fleet = facts::score_all(&facts, &Selection::All);
-                self.publish_scores(&fleet);
-                if let Some(term) = leadership.term() {
-                    let failing = self.ctx.watches.failing(&inputs.names);
-                    let pass = Pass {
-                        term: &term,
-                        fleet: &fleet,
-                        agents: match self.pod_source {
-                            PodSource::Api => Agents::PodSourceApi,
-                            PodSource::Agents => Agents::Reporting {
-                                nodes: facts.nodes.len(),
-                            },
+            let started = Instant::now();
+            let scored_at = started;
+            // When the next heartbeat write is due (of an object this replica can write now).
+            let mut next_heartbeat: Option<Time> = None;
+            self.forget_dead_nodes(&inputs, &mut nodes_seen);
+            let facts = facts::collect(&inputs, &self.index, self.pod_source, scored_at);
+            let fleet = facts::score_all(&facts, &Selection::All);
+            self.publish_scores(&fleet);
+            if let Some(term) = leadership.term() {
+                let failing = self.ctx.watches.failing(&inputs.names);
+                let pass = Pass {
+                    term: &term,
+                    fleet: &fleet,
+                    agents: match self.pod_source {
+                        PodSource::Api => Agents::PodSourceApi,
+                        PodSource::Agents => Agents::Reporting {
+                            nodes: facts.fresh_nodes,
                         },
-                        failing: failing.as_deref(),
-                        warming: self.warming(&term),
-                        now,
+                    },
+                    failing: failing.as_deref(),
+                    warming: self.warming(&term),
+                    now,
+                };
+                let vchs = inputs.vchs.state();
+                let live: BTreeSet<String> = vchs.iter().map(|v| key(v)).collect();
+                writer.retain(|k| live.contains(k));
+                for vch in vchs {
+                    let next = self.reconcile(&vch, &pass, &writer, &events).await;
+                    next_heartbeat = match (next_heartbeat, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
                     };
-                    let vchs = inputs.vchs.state();
-                    let live: BTreeSet<String> = vchs.iter().map(|v| key(v)).collect();
-                    writer.retain(|k| live.contains(k));
-                    for vch in vchs {
-                        self.reconcile(&vch, &pass, &writer, &events).await;
-                    }
                 }
-                self.metrics
-                    .recompute_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                dirty = false;
             }
-            // Wake up for what changes a status without any watch event: a node turning stale
-            // (as of the facts scored, so a deadline passing while scoring is not lost), a
-            // watch failing past its grace, a write's backoff ending, the failover wait ending.
+            self.metrics
+                .recompute_seconds
+                .observe(started.elapsed().as_secs_f64());
+            // Wake up for what changes a status without any watch event: a heartbeat due, a
+            // node turning stale (as of the facts scored, so a deadline passing while scoring
+            // is not lost), a watch failing past its grace or recovering, a write's backoff
+            // ending, the failover wait ending. Nothing else: a quiet fleet costs nothing.
             let wake_at = [
+                next_heartbeat.map(|t| Instant::now() + Time::now().duration_until(t)),
                 self.index.next_stale_at(scored_at),
                 self.ctx.watches.next_failure_deadline(),
                 writer.next_retry().map(|t| t.into_std()),
@@ -171,11 +170,10 @@ impl HealthController {
                 }
             };
             tokio::select! {
-                _ = trigger.notified() => { tokio::time::sleep(DEBOUNCE).await; dirty = true; }
-                _ = self.index.changed() => { tokio::time::sleep(DEBOUNCE).await; dirty = true; }
-                _ = woken => dirty = true,
-                r = leadership.changed() => { if r.is_err() { return Ok(()) } dirty = true; }
-                _ = tick.tick() => {}
+                _ = trigger.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = self.index.changed() => tokio::time::sleep(DEBOUNCE).await,
+                _ = woken => {}
+                r = leadership.changed() => if r.is_err() { return Ok(()) },
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
@@ -196,12 +194,10 @@ impl HealthController {
         }
     }
 
-    /// Drops the reports of nodes whose Node object was seen and is now gone, and of nodes
-    /// silent past `--agent-forget-after`. Never acts on a Node watch that cannot be read.
-    fn forget_dead_nodes(&self, inputs: &facts::Inputs, seen: &mut BTreeSet<String>, now: Instant) {
-        for node in self.index.expire(now, self.forget_after) {
-            tracing::info!(node, after = ?self.forget_after, "forgot a node whose agent is silent");
-        }
+    /// Drops the reports of nodes whose Node object was seen and is now gone (silent ones are
+    /// expired by the aggregator's index janitor). Never acts on a Node watch that cannot be
+    /// read.
+    fn forget_dead_nodes(&self, inputs: &facts::Inputs, seen: &mut BTreeSet<String>) {
         let Some(present) = inputs.node_names() else {
             return;
         };
@@ -272,17 +268,19 @@ impl HealthController {
         self.metrics.set_scores(&by_score);
     }
 
+    /// Writes `vch`'s status if due; returns when its next heartbeat is due, if this pass left
+    /// it in a state that has one (not while its inputs fail, its write backs off or is held).
     async fn reconcile(
         &self,
         vch: &VClusterHealth,
         pass: &Pass<'_>,
         writer: &StatusWriter,
         events: &EventRecorder,
-    ) {
+    ) -> Option<Time> {
         let current = vch.status.clone().unwrap_or_default();
         let generation = vch.metadata.generation;
         let desired = match pass.failing {
-            Some(why) => decide::watches_failing(&current, why.to_owned(), generation, pass.now),
+            Some(why) => decide::watches_failing(&current, why.to_owned(), pass.now),
             None => decide::desired_status(StatusInput {
                 spec_namespace: vch.spec.namespace.as_deref(),
                 generation,
@@ -292,18 +290,20 @@ impl HealthController {
                 now: pass.now,
             }),
         };
-        let due = decide::write_due_for(&current, &desired, vch.spec.interval_seconds, pass.now);
-        // Data that cannot be watched is never heartbeated as fresh.
-        let Some(reason) = due
-            .reason()
-            .filter(|_| pass.failing.is_none() || due == WriteDue::Changed)
-        else {
-            return;
+        let interval = vch.spec.interval_seconds;
+        let due = decide::write_due_for(&current, &desired, interval, pass.now);
+        // Data that cannot be watched is never heartbeated as fresh: only the change to
+        // Ready=Unknown is written, once.
+        if pass.failing.is_some() && due != WriteDue::Changed {
+            return None;
+        }
+        let Some(reason) = due.reason() else {
+            return decide::heartbeat_at(current.last_updated, interval);
         };
         if pass.warming && decide::is_worse(&current, &desired) {
             tracing::debug!(vclusterhealth = %key(vch), "held: worse than the status in the API while agents reconnect");
             writer.metrics().status_write("held");
-            return;
+            return None;
         }
         match writer.apply(pass.term, vch, &desired, reason).await {
             Ok(()) => {
@@ -314,10 +314,15 @@ impl HealthController {
                         events.publish(pass.term, &reference, &event).await;
                     }
                 }
+                if pass.failing.is_some() {
+                    return None;
+                }
+                decide::heartbeat_at(desired.last_updated, interval)
             }
-            Err(WriteError::BackingOff { .. }) => {}
+            Err(WriteError::BackingOff { .. }) => None,
             Err(error) => {
                 tracing::debug!(vclusterhealth = %key(vch), %error, "status not written");
+                None
             }
         }
     }
@@ -325,10 +330,4 @@ impl HealthController {
 
 fn key(vch: &VClusterHealth) -> String {
     format!("{}/{}", vch.namespace().unwrap_or_default(), vch.name_any())
-}
-
-/// True when `vch`'s heartbeat is due at `now`.
-fn heartbeat_due(vch: &VClusterHealth, now: Time) -> bool {
-    let last = vch.status.as_ref().and_then(|s| s.last_updated);
-    decide::heartbeat_at(last, vch.spec.interval_seconds).is_none_or(|at| at <= now)
 }

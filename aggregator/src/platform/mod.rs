@@ -250,6 +250,10 @@ impl EventRecorder {
         match term.fence(self.recorder.publish(&kube_event, object)).await {
             Ok(()) => self.metrics.event(event.warning),
             Err(error) => {
+                self.gate
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .undo(&key, event);
                 self.metrics.event_dropped();
                 tracing::warn!(object = ?object.name, reason = event.reason, %error, "publishing an Event failed");
             }

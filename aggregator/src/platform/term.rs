@@ -35,9 +35,38 @@ struct Inner {
     id: u64,
     started: Instant,
     lost: CancellationToken,
+    /// Set on a graceful hand-over: no new write starts, those in flight finish.
+    closing: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
     valid_until: Mutex<Instant>,
     request_timeout: Duration,
     previous_agent_nodes: Option<u32>,
+}
+
+/// Counts a fenced write in flight for as long as it lives.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Why a fenced write did not happen.
@@ -68,6 +97,9 @@ impl Term {
                 id,
                 started: Instant::now(),
                 lost: CancellationToken::new(),
+                closing: Default::default(),
+                in_flight: Default::default(),
+                idle: Default::default(),
                 valid_until: Mutex::new(valid_until),
                 request_timeout,
                 previous_agent_nodes,
@@ -103,14 +135,38 @@ impl Term {
         self.inner.previous_agent_nodes
     }
 
-    /// Extends its validity (a renewal succeeded).
-    pub fn extend(&self, valid_until: Instant) {
+    /// Extends its validity (a renewal succeeded). A term that has ended or lapsed stays over:
+    /// leadership regained after a lapse is a new term. Returns whether it was extended.
+    pub fn extend(&self, valid_until: Instant) -> bool {
+        if !self.is_valid() {
+            return false;
+        }
         let mut v = self
             .inner
             .valid_until
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *v = (*v).max(valid_until);
+        true
+    }
+
+    /// A graceful end: no new write starts, and this waits (at most `max`) for the writes in
+    /// flight to be answered, so none of them can land after the next leader's first write;
+    /// then the term ends. Used before the Lease is released on shutdown.
+    pub async fn hand_over(&self, max: Duration) {
+        use std::sync::atomic::Ordering;
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let drained = async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(max.min(self.remaining()), drained).await;
+        self.end();
     }
 
     /// Ends it: every write in flight is abandoned and none is made any more.
@@ -150,9 +206,10 @@ impl Term {
         write: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Fenced<E>> {
         let budget = self.remaining().min(self.inner.request_timeout);
-        if budget.is_zero() {
+        if budget.is_zero() || self.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Fenced::Lost);
         }
+        let _in_flight = InFlight::new(&self.inner);
         tokio::select! {
             biased;
             _ = self.inner.lost.cancelled() => Err(Fenced::Lost),
@@ -288,12 +345,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn renewals_extend_and_never_shorten() {
+    async fn renewals_extend_and_never_shorten_or_revive() {
         let t = term(Duration::from_secs(2));
-        t.extend(Instant::now() + Duration::from_secs(10));
+        assert!(t.extend(Instant::now() + Duration::from_secs(10)));
         t.extend(Instant::now() + Duration::from_secs(1));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(t.is_valid());
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(!t.is_valid());
+        assert!(
+            !t.extend(Instant::now() + Duration::from_secs(10)),
+            "a lapsed term stays over: a renewal answered late starts a new term"
+        );
+        assert!(!t.is_valid());
+        let ended = term(Duration::from_secs(10));
+        ended.end();
+        assert!(!ended.extend(Instant::now() + Duration::from_secs(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_over_lets_writes_in_flight_finish_and_starts_none() {
+        let t = term(Duration::from_secs(60));
+        let t2 = t.clone();
+        let in_flight = tokio::spawn(async move {
+            t2.fence(async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, ()>(1)
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let h = t.clone();
+        let hand_over = tokio::spawn(async move { h.hand_over(Duration::from_secs(10)).await });
+        tokio::task::yield_now().await;
+        let r: Result<(), Fenced<()>> = t.fence(async { Ok(()) }).await;
+        assert!(
+            matches!(r, Err(Fenced::Lost)),
+            "no new write once handing over"
+        );
+        assert_eq!(
+            in_flight.await.unwrap().unwrap(),
+            1,
+            "the write in flight finished"
+        );
+        hand_over.await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(1) && !t.is_valid());
     }
 
     #[tokio::test(start_paused = true)]

@@ -300,16 +300,16 @@ pub fn desired_status(input: StatusInput<'_>) -> VClusterHealthStatus {
             "PodSourceAPI",
             "pod facts come from the API (--pod-source=api)".to_owned(),
         ),
+        Agents::Reporting { .. } if stale_count > 0 => (
+            false,
+            "AgentsSilent",
+            format!("{stale_count} vCluster(s) have pods on nodes whose agent went silent"),
+        ),
         Agents::Reporting { nodes: 0 } => (
             false,
             "NoAgentReports",
             "no agent has reported: pod signals cannot be true (is the agent DaemonSet running?)"
                 .to_owned(),
-        ),
-        Agents::Reporting { .. } if stale_count > 0 => (
-            false,
-            "AgentsSilent",
-            format!("{stale_count} vCluster(s) have pods on nodes whose agent went silent"),
         ),
         Agents::Reporting { nodes } => (
             true,
@@ -474,17 +474,17 @@ pub fn is_worse(current: &VClusterHealthStatus, desired: &VClusterHealthStatus) 
 pub fn watches_failing(
     current: &VClusterHealthStatus,
     message: String,
-    generation: Option<i64>,
     now: Time,
 ) -> VClusterHealthStatus {
     let mut s = current.clone();
+    // The scores kept were computed for the generation the status says, not a newer spec.
     let ready = set_condition(
         &current.conditions,
         "Ready",
         ConditionStatus::Unknown,
         "WatchFailing",
         message,
-        generation,
+        current.observed_generation,
         now,
     );
     s.conditions.retain(|c| c.type_ != "Ready");
@@ -608,7 +608,13 @@ mod tests {
                 "False",
                 "NoAgentReports",
             ),
-            (TWO, vec![stale], "False", "AgentsSilent"),
+            (TWO, vec![stale.clone()], "False", "AgentsSilent"),
+            (
+                Agents::Reporting { nodes: 0 },
+                vec![stale],
+                "False",
+                "AgentsSilent",
+            ),
             (TWO, vec![vc("a", "vc", 6)], "True", "AgentsReporting"),
         ];
         for (agents, fleet, want, reason) in cases {
@@ -811,8 +817,7 @@ mod tests {
         let full = status(Some("*"), &Default::default(), &[vc("a", "vc", 6)], TWO, T0);
         let s = watches_failing(
             &full,
-            "watch services failing for 31s: 403".into(),
-            Some(3),
+            "watch services-app failing since 2026-12-01T10:00:05Z: 403".into(),
             t(T1),
         );
         assert_eq!(s.sync_coverage, full.sync_coverage);
@@ -826,12 +831,15 @@ mod tests {
             ("Unknown", "WatchFailing")
         );
         assert_eq!(ready.last_transition_time, t(T1));
+        assert_eq!(
+            ready.observed_generation, full.observed_generation,
+            "the scores' generation"
+        );
         assert_eq!(cond(&s, "AgentsReporting"), cond(&full, "AgentsReporting"));
         assert_eq!(write_due_for(&full, &s, None, t(T1)), WriteDue::Changed);
         let again = watches_failing(
             &s,
-            "watch services failing for 31s: 403".into(),
-            Some(3),
+            "watch services-app failing since 2026-12-01T10:00:05Z: 403".into(),
             t(T1),
         );
         assert_eq!(

@@ -192,7 +192,10 @@ fn build_root(spec: &SandboxSpec, bidirectional: bool) -> Result<()> {
         bind(source, &at, MsFlags::empty())?;
         remount_read_only(&at)?;
     }
-    for v in &spec.volumes {
+    // As runc does: parents before the volumes nested in them.
+    let mut volumes: Vec<_> = spec.volumes.iter().collect();
+    volumes.sort_by_key(|v| v.path.components().count());
+    for v in volumes {
         let at = inside(root, &v.path);
         mount_point(&at, &v.source)?;
         bind(&v.source, &at, MsFlags::MS_REC)?;
