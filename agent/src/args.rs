@@ -40,6 +40,25 @@ impl Layout {
     }
 }
 
+/// `--mount-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MountApiArg {
+    /// The new mount API where available, else the classic calls.
+    Auto,
+    /// The classic calls only.
+    Classic,
+}
+
+impl MountApiArg {
+    /// The kernel layer's setting.
+    pub fn kernel(self) -> crate::kernel::MountApi {
+        match self {
+            MountApiArg::Auto => crate::kernel::MountApi::Auto,
+            MountApiArg::Classic => crate::kernel::MountApi::Classic,
+        }
+    }
+}
+
 /// fleetmirror-agent: bind-mounts this node's vCluster pod directories under vCluster-scoped
 /// paths (so Velero's node-agent inside a vCluster can back up volumes) and streams the node's
 /// vCluster pod and mount states to the aggregator. Needs CAP_SYS_ADMIN; drops every other
@@ -98,6 +117,14 @@ pub struct Args {
     /// a quiet node from a dead one. Keep well below the aggregator's --agent-stale-after.
     #[arg(long, env = "FLEETMIRROR_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// How binds are made: `auto` (the new mount API where the kernel has it, Linux ≥ 5.12,
+    /// else the classic calls) or `classic` (always the classic calls: a bind prepared and made
+    /// a slave in `<root>/.fleetmirror-staging`, then moved to its target). Both are equally
+    /// safe; `classic` exists for kernels or seccomp profiles that misreport the new API, and
+    /// for tests of that path.
+    #[arg(long, env = "FLEETMIRROR_MOUNT_API", value_enum, default_value_t = MountApiArg::Auto)]
+    pub mount_api: MountApiArg,
 
     /// Admin HTTP listen address: /metrics, /livez, /readyz.
     #[arg(long, env = "FLEETMIRROR_ADMIN_ADDR", default_value = ":8081")]

@@ -14,7 +14,12 @@
 //!   `mount_setattr`, `move_mount`; see [`crate::mountapi`]): volumes kubelet mounts later
 //!   inside the pod directory appear (and vanish) in the copy and in the host's copies of it,
 //!   while nothing mounted inside any copy can propagate back into kubelet's tree, and a
-//!   failure at any step leaves no mount;
+//!   failure at any step leaves no mount. Kernels before 5.12 (or a seccomp filter refusing the
+//!   new API) get the same guarantees from the classic calls: the bind is made in a private
+//!   staging directory below the first root (`.fleetmirror-staging`), made a slave there, and
+//!   only then moved to the target (`MS_MOVE`); a failed step detaches it at once;
+//! * a bind found already in place but still a peer of kubelet's tree (made by an older agent
+//!   or vcluster-fs-syncer) is made a slave;
 //! * unmounts are lazy (`MNT_DETACH`) and made through a descriptor opened without following
 //!   any symlink, so no path component can be swapped between the check and the unmount.
 
@@ -70,13 +75,254 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     fn ensure_dir(&self, target: &Target) -> Result<(), KernelError>;
     /// Recursively bind-mounts `source` at `target` (creating it), as a slave.
     fn bind(&self, source: &Target, target: &Target) -> Result<(), KernelError>;
+    /// Makes the mount at `target` (and what is below it) a slave: a bind an older agent or
+    /// vcluster-fs-syncer made as a peer of kubelet's tree stops propagating back into it.
+    fn make_slave(&self, target: &Target) -> Result<(), KernelError>;
     /// Lazily unmounts `target`, then removes its directory if empty.
     fn unmount(&self, target: &Target) -> Result<(), KernelError>;
 }
 
+/// Which mount API binds are made with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountApi {
+    /// The new API (`open_tree`, `mount_setattr`, `move_mount`; Linux ≥ 5.12), falling back to
+    /// the classic one where it is unavailable.
+    #[default]
+    Auto,
+    /// The classic `mount(2)` sequence only (kernels before 5.12; and tests of that path).
+    Classic,
+}
+
+/// The directory below the first root where the classic path prepares binds.
+pub const STAGING_DIR: &str = ".fleetmirror-staging";
+
 /// The real kernel.
 #[derive(Debug, Default)]
-pub struct LinuxKernel;
+pub struct LinuxKernel {
+    api: MountApi,
+    /// Where the classic path stages binds: `<root>/.fleetmirror-staging`, made a private
+    /// mount the first time it is needed. `None`: bind in place (tests of the bare sequence).
+    staging_root: Option<PathBuf>,
+    staged: Mutex<u64>,
+}
+
+impl LinuxKernel {
+    /// A kernel using `api`, staging classic binds below `staging_root` (the root of an
+    /// enabled layout).
+    pub fn new(api: MountApi, staging_root: Option<PathBuf>) -> Self {
+        Self {
+            api,
+            staging_root,
+            staged: Mutex::new(0),
+        }
+    }
+
+    /// The staging directory, a private mount of its own (created and made so if needed): a
+    /// bind made below it propagates nowhere, whatever the propagation of the root.
+    fn staging(&self, root: &Path) -> Result<OwnedFd, KernelError> {
+        let dir = Target {
+            root: root.to_path_buf(),
+            components: vec![STAGING_DIR.into()],
+        };
+        let fd = open_target(&dir, true)?;
+        let path = dir.path();
+        let table = fleetmirror_core::mountinfo::MountTable::parse_bytes(&self.mountinfo()?);
+        let is_mount = table.at(&path).is_some();
+        if !is_mount {
+            nix::mount::mount(
+                Some(&fd_path(&fd)),
+                &fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys("mount", &path))?;
+        }
+        let fd = open_target(&dir, false)?;
+        let private = table
+            .at(&path)
+            .is_some_and(|e| !e.optional.iter().any(|o| o.starts_with("shared:")));
+        if !is_mount || !private {
+            nix::mount::mount(
+                None::<&str>,
+                &fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(sys("make-private", &path))?;
+        }
+        Ok(fd)
+    }
+
+    /// The classic sequence: bind, make the copy a slave, and only then put it at the target;
+    /// with a staging root the copy is made in the private staging directory and moved to the
+    /// target (so, as with the new API, nothing reachable is ever a peer of kubelet's tree),
+    /// else in place. A failure after the bind detaches it at once.
+    fn classic_bind(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        target: &Target,
+    ) -> Result<(), KernelError> {
+        let Some(root) = &self.staging_root else {
+            let mut steps = InPlace {
+                src,
+                dst,
+                target,
+                mounted: None,
+            };
+            return classic_sequence(&mut steps);
+        };
+        let staging = self.staging(root)?;
+        let name = {
+            let mut n = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            format!("{}-{}", std::process::id(), *n)
+        };
+        let stage = Target {
+            root: root.clone(),
+            components: vec![STAGING_DIR.into(), name.clone()],
+        };
+        match nix::sys::stat::mkdirat(&staging, name.as_str(), Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(sys("mkdir", &stage.path())(e)),
+        }
+        let stage_fd = open_target(&stage, false)?;
+        let mut steps = Staged {
+            src,
+            dst,
+            target,
+            stage: &stage,
+            stage_fd,
+            mounted: None,
+        };
+        let result = classic_sequence(&mut steps);
+        drop(steps);
+        let _ = nix::unistd::unlinkat(
+            &staging,
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        );
+        result
+    }
+}
+
+/// The steps of the classic bind sequence, so that its failure handling is tested with a fake.
+pub trait ClassicSteps {
+    /// Binds the source (recursively) where the copy is prepared.
+    fn bind(&mut self) -> Result<(), KernelError>;
+    /// Makes the fresh copy a slave.
+    fn make_slave(&mut self) -> Result<(), KernelError>;
+    /// Puts the prepared copy at the target (nothing to do when prepared in place).
+    fn attach(&mut self) -> Result<(), KernelError>;
+    /// Detaches the fresh copy (after a failure).
+    fn detach(&mut self);
+}
+
+/// Runs the classic sequence: a copy that is not a slave, or not at its target, never stays.
+pub fn classic_sequence(steps: &mut impl ClassicSteps) -> Result<(), KernelError> {
+    steps.bind()?;
+    if let Err(e) = steps.make_slave().and_then(|()| steps.attach()) {
+        steps.detach();
+        return Err(e);
+    }
+    Ok(())
+}
+
+struct InPlace<'a> {
+    src: &'a OwnedFd,
+    dst: &'a OwnedFd,
+    target: &'a Target,
+    mounted: Option<OwnedFd>,
+}
+
+impl ClassicSteps for InPlace<'_> {
+    fn bind(&mut self) -> Result<(), KernelError> {
+        bind_fd(self.src, self.dst, &self.target.path())?;
+        // Reopen: the new mount now sits on top of the directory `dst` refers to.
+        self.mounted = Some(open_target(self.target, false)?);
+        Ok(())
+    }
+
+    fn make_slave(&mut self) -> Result<(), KernelError> {
+        slave_fd(self.mounted.as_ref().expect("bound"), &self.target.path())
+    }
+
+    fn attach(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        detach_fd(self.mounted.as_ref(), &self.target.path());
+    }
+}
+
+struct Staged<'a> {
+    src: &'a OwnedFd,
+    dst: &'a OwnedFd,
+    target: &'a Target,
+    stage: &'a Target,
+    stage_fd: OwnedFd,
+    mounted: Option<OwnedFd>,
+}
+
+impl ClassicSteps for Staged<'_> {
+    fn bind(&mut self) -> Result<(), KernelError> {
+        bind_fd(self.src, &self.stage_fd, &self.stage.path())?;
+        self.mounted = Some(open_target(self.stage, false)?);
+        Ok(())
+    }
+
+    fn make_slave(&mut self) -> Result<(), KernelError> {
+        slave_fd(self.mounted.as_ref().expect("bound"), &self.stage.path())
+    }
+
+    fn attach(&mut self) -> Result<(), KernelError> {
+        let path = self.target.path();
+        nix::mount::mount(
+            Some(&fd_path(self.mounted.as_ref().expect("bound"))),
+            &fd_path(self.dst),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(sys("move", &path))
+    }
+
+    fn detach(&mut self) {
+        detach_fd(self.mounted.as_ref(), &self.stage.path());
+    }
+}
+
+fn bind_fd(src: &OwnedFd, dst: &OwnedFd, path: &Path) -> Result<(), KernelError> {
+    nix::mount::mount(
+        Some(&fd_path(src)),
+        &fd_path(dst),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("mount", path))
+}
+
+fn slave_fd(mounted: &OwnedFd, path: &Path) -> Result<(), KernelError> {
+    nix::mount::mount(
+        None::<&str>,
+        &fd_path(mounted),
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("make-slave", path))
+}
+
+fn detach_fd(mounted: Option<&OwnedFd>, path: &Path) {
+    let Some(fd) = mounted else { return };
+    if let Err(e) = nix::mount::umount2(&fd_path(fd), MntFlags::MNT_DETACH) {
+        tracing::error!(path = %path.display(), error = %e, "could not detach a bind whose preparation failed");
+    }
+}
 
 fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> KernelError + 'a {
     move |errno| match errno {
@@ -165,22 +411,30 @@ impl Kernel for LinuxKernel {
         let src = open_target(source, false)?;
         let dst = open_target(target, true)?;
         let target_path = target.path();
+        if self.api == MountApi::Classic {
+            return self.classic_bind(&src, &dst, target);
+        }
         // Prepared detached, made a slave, then attached: see `mountapi`. Where the new mount
         // API is not available, the classic sequence (dropping a tree dissolves it).
         use crate::mountapi::{attach, clone_tree, make_slave, unavailable};
         let tree = match clone_tree(&src) {
             Ok(tree) => tree,
-            Err(e) if unavailable(e) => return legacy_bind(&src, &dst, target),
+            Err(e) if unavailable(e) => return self.classic_bind(&src, &dst, target),
             Err(e) => return Err(sys("open_tree", &source.path())(e)),
         };
         match make_slave(&tree) {
             Ok(()) => attach(tree, &dst).map_err(sys("mount", &target_path)),
             Err(e) if unavailable(e) => {
                 drop(tree);
-                legacy_bind(&src, &dst, target)
+                self.classic_bind(&src, &dst, target)
             }
             Err(e) => Err(sys("make-slave", &target_path)(e)),
         }
+    }
+
+    fn make_slave(&self, target: &Target) -> Result<(), KernelError> {
+        let mounted = open_target(target, false)?;
+        slave_fd(&mounted, &target.path())
     }
 
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {
@@ -206,31 +460,6 @@ impl Kernel for LinuxKernel {
     }
 }
 
-/// Kernels before 5.12 (no `mount_setattr(2)`) or a seccomp filter refusing the new mount API:
-/// bind, then make the attached copy a slave. On a shared loft root the copies propagated
-/// elsewhere stay peers of the source (see `mountapi`).
-fn legacy_bind(src: &OwnedFd, dst: &OwnedFd, target: &Target) -> Result<(), KernelError> {
-    let target_path = target.path();
-    nix::mount::mount(
-        Some(&fd_path(src)),
-        &fd_path(dst),
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys("mount", &target_path))?;
-    // Reopen: the new mount now sits on top of the directory `dst` refers to.
-    let mounted = open_target(target, false)?;
-    nix::mount::mount(
-        None::<&str>,
-        &fd_path(&mounted),
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys("make-slave", &target_path))
-}
-
 /// A call the [`RecordingKernel`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -240,6 +469,8 @@ pub enum Call {
     Bind(PathBuf, PathBuf),
     /// `unmount`.
     Unmount(PathBuf),
+    /// `make_slave`.
+    MakeSlave(PathBuf),
 }
 
 #[derive(Debug, Default)]
@@ -347,6 +578,13 @@ impl Kernel for RecordingKernel {
         Ok(())
     }
 
+    fn make_slave(&self, target: &Target) -> Result<(), KernelError> {
+        let mut s = self.lock();
+        let path = target.path();
+        s.calls.push(Call::MakeSlave(path.clone()));
+        self.check(&s, &path)
+    }
+
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {
         let mut s = self.lock();
         let path = target.path();
@@ -354,5 +592,72 @@ impl Kernel for RecordingKernel {
         self.check(&s, &path)?;
         s.mounts.retain(|(t, _)| *t != path);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classic steps, recorded, failing where told.
+    #[derive(Default)]
+    struct FakeSteps {
+        log: Vec<&'static str>,
+        fail: Option<&'static str>,
+    }
+
+    impl FakeSteps {
+        fn step(&mut self, name: &'static str) -> Result<(), KernelError> {
+            self.log.push(name);
+            if self.fail == Some(name) {
+                return Err(KernelError::Sys {
+                    op: name,
+                    path: "/t".into(),
+                    errno: Errno::EPERM,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl ClassicSteps for FakeSteps {
+        fn bind(&mut self) -> Result<(), KernelError> {
+            self.step("bind")
+        }
+        fn make_slave(&mut self) -> Result<(), KernelError> {
+            self.step("make-slave")
+        }
+        fn attach(&mut self) -> Result<(), KernelError> {
+            self.step("attach")
+        }
+        fn detach(&mut self) {
+            self.log.push("detach");
+        }
+    }
+
+    #[test]
+    fn a_classic_bind_that_cannot_be_made_a_slave_is_detached_at_once() {
+        let cases = [
+            (None, vec!["bind", "make-slave", "attach"], true),
+            (Some("bind"), vec!["bind"], false),
+            (
+                Some("make-slave"),
+                vec!["bind", "make-slave", "detach"],
+                false,
+            ),
+            (
+                Some("attach"),
+                vec!["bind", "make-slave", "attach", "detach"],
+                false,
+            ),
+        ];
+        for (fail, want, ok) in cases {
+            let mut steps = FakeSteps {
+                fail,
+                ..Default::default()
+            };
+            assert_eq!(classic_sequence(&mut steps).is_ok(), ok, "{fail:?}");
+            assert_eq!(steps.log, want, "failing {fail:?}: no shared copy is left");
+        }
     }
 }

@@ -141,18 +141,25 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
     );
     // The node reconciler publishes the node's state here after every pass.
     let (state_tx, state_rx) = tokio::sync::watch::channel(None::<NodeState>);
+    // Classic binds are prepared below the first root the agent owns.
+    let layouts: Vec<_> = args.mount_layout.iter().map(|l| l.core()).collect();
+    let roots = Roots {
+        kubelet: args.kubelet_root.clone(),
+        loft: args.loft_root.clone(),
+        vcluster_hostpath: args.vcluster_hostpath_root.clone(),
+    };
+    let staging_root = roots
+        .owned(&layouts)
+        .next()
+        .map(std::path::Path::to_path_buf);
     let reconciler = NodeReconciler::new(
         NodeConfig {
             node_name: args.node_name.clone(),
-            roots: Roots {
-                kubelet: args.kubelet_root.clone(),
-                loft: args.loft_root.clone(),
-                vcluster_hostpath: args.vcluster_hostpath_root.clone(),
-            },
-            layouts: args.mount_layout.iter().map(|l| l.core()).collect(),
+            roots,
+            layouts,
             resync: args.resync_interval,
         },
-        std::sync::Arc::new(LinuxKernel),
+        std::sync::Arc::new(LinuxKernel::new(args.mount_api.kernel(), staging_root)),
         metrics.clone(),
     );
 

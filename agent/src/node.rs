@@ -266,6 +266,19 @@ impl<K: Kernel> NodeReconciler<K> {
                         }
                     }
                 }
+                Action::MakeSlave(target) => {
+                    let path = target.path();
+                    match self.kernel.make_slave(target) {
+                        Ok(()) => {
+                            tracing::info!(target = %path.display(), "an adopted bind was a peer of kubelet's tree; made it a slave")
+                        }
+                        Err(e) => {
+                            self.metrics.mount_error(e.category());
+                            tracing::warn!(target = %path.display(), error = %e, "could not make an adopted bind a slave");
+                            errors.push(format!("making {} a slave: {e}", path.display()));
+                        }
+                    }
+                }
                 Action::Unmount { target, source } => {
                     let Some(t) = owned_target(&self.config.roots, &self.config.layouts, target)
                     else {

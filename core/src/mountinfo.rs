@@ -31,6 +31,11 @@ impl MountEntry {
     pub fn is_shared(&self) -> bool {
         self.optional.iter().any(|o| o.starts_with("shared:"))
     }
+
+    /// True when the mount is a slave of a peer group (`master:N`).
+    pub fn is_slave(&self) -> bool {
+        self.optional.iter().any(|o| o.starts_with("master:"))
+    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).

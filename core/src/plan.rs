@@ -225,6 +225,10 @@ pub enum Action {
         /// For log lines and reports.
         host_uid: String,
     },
+    /// Make the bind at `target` a slave: it is in place and of the right source, but still a
+    /// peer of kubelet's tree (made by an older agent, or by vcluster-fs-syncer), so mounts made
+    /// in it would propagate back into the pod directory.
+    MakeSlave(Target),
     /// Unmount `target` lazily and remove the directory if it is empty.
     Unmount {
         /// The mount point.
@@ -296,15 +300,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
             if phase == Phase::Mounted
                 && let Some(t) = &target
-                && !input
-                    .mounts
-                    .is_bind_of(&t.path(), &pods_dir.join(&pod.host_uid))
             {
-                out.actions.push(Action::Mount {
-                    source: pods_dir.join(&pod.host_uid),
-                    target: t.clone(),
-                    host_uid: pod.host_uid.clone(),
-                });
+                let path = t.path();
+                if !input
+                    .mounts
+                    .is_bind_of(&path, &pods_dir.join(&pod.host_uid))
+                {
+                    out.actions.push(Action::Mount {
+                        source: pods_dir.join(&pod.host_uid),
+                        target: t.clone(),
+                        host_uid: pod.host_uid.clone(),
+                    });
+                } else if input
+                    .mounts
+                    .at(&path)
+                    .is_some_and(|e| e.is_shared() && !e.is_slave())
+                {
+                    out.actions.push(Action::MakeSlave(t.clone()));
+                }
             }
             states.push(MountPlan {
                 layout,
@@ -699,8 +712,8 @@ mod tests {
     #[test]
     fn adopts_existing_binds_and_collects_garbage() {
         let mounts = format!(
-            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw shared:1 - ext4 /dev/sda rw\n\
-             11 1 8:1 /k/pods/{U2} /loft/gone/kubelet/pods/{V2} rw shared:1 - ext4 /dev/sda rw\n\
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw master:1 - ext4 /dev/sda rw\n\
+             11 1 8:1 /k/pods/{U2} /loft/gone/kubelet/pods/{V2} rw master:1 - ext4 /dev/sda rw\n\
              12 1 8:1 /srv/data /loft/other/kubelet/pods/{V2} rw - ext4 /dev/sda rw\n\
              13 1 8:1 /k/pods/{U2} /loft/not-a-target rw - ext4 /dev/sda rw\n\
              14 1 8:1 /k/pods/{U2}/volumes /loft/x/kubelet/pods/{V1} rw - ext4 /dev/sda rw\n"
@@ -754,6 +767,35 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_bind_that_is_a_peer_of_kubelets_tree_is_made_a_slave() {
+        let t = target(&roots(), Layout::Loft, "team-a", "vc", V1);
+        for (optional, make_slave) in [
+            ("shared:7", true),
+            ("shared:9 master:7", false),
+            ("master:7", false),
+            ("", false),
+        ] {
+            let mounts = format!(
+                "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw {optional} - ext4 /dev/sda rw\n"
+            );
+            let p = run(
+                &[Layout::Loft],
+                &[pod(U1, "team-a", "vc", V1)],
+                &homes(&[("vc", "team-a", "1")]),
+                &[U1],
+                &mounts,
+            );
+            assert_eq!(p.pods[U1][0].phase, Phase::Mounted);
+            let want = if make_slave {
+                vec![Action::MakeSlave(t.clone())]
+            } else {
+                vec![]
+            };
+            assert_eq!(p.actions, want, "{optional:?}");
+        }
+    }
+
+    #[test]
     fn a_foreign_mount_at_the_target_is_left_alone() {
         let mounts =
             format!("10 1 8:1 /srv/data /loft/vc/kubelet/pods/{V1} rw - ext4 /dev/sda rw\n");
@@ -771,7 +813,7 @@ mod tests {
     #[test]
     fn a_briefly_unknown_control_plane_or_missing_directory_keeps_the_mount() {
         let mounts = format!(
-            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw shared:1 - ext4 /dev/sda rw\n"
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw master:1 - ext4 /dev/sda rw\n"
         );
         for (cps, dirs) in [
             (homes(&[]), vec![U1]),
@@ -811,7 +853,7 @@ mod tests {
             ("vc", "team-b", "2026-02-01T00:00:00Z"),
         ]);
         let mounts = format!(
-            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw shared:1 - ext4 /dev/sda rw\n"
+            "10 1 8:1 /k/pods/{U1} /loft/vc/kubelet/pods/{V1} rw master:1 - ext4 /dev/sda rw\n"
         );
         let pods = [pod(U1, "team-a", "vc", V1), pod(U2, "team-b", "vc", V2)];
         let p = run(&[Layout::Loft], &pods, &cps, &[U1, U2], &mounts);

@@ -67,6 +67,16 @@ async fn mount_states(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_are_mounted_at_every_layout_reported_and_unmounted_when_deleted() {
+    mounted_reported_unmounted("auto").await;
+}
+
+/// The same on the classic path (kernels before 5.12, or the new mount API refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_classic_mount_path_mounts_reports_and_unmounts_the_same() {
+    mounted_reported_unmounted("classic").await;
+}
+
+async fn mounted_reported_unmounted(mount_api: &str) {
     let cp = ControlPlane::shared();
     let client = cp.client(0).await;
     let ns = namespace(&client, "mounts").await;
@@ -84,7 +94,10 @@ async fn pods_are_mounted_at_every_layout_reported_and_unmounted_when_deleted() 
         0,
         &node,
         Some(&agg.grpc_url()),
-        &["--mount-layout=loft,loft-flat,vcluster-hostpath".into()],
+        &[
+            "--mount-layout=loft,loft-flat,vcluster-hostpath".into(),
+            format!("--mount-api={mount_api}"),
+        ],
     );
 
     for p in &synced {
@@ -402,10 +415,13 @@ async fn passes_over_ten_seconds(agent: &Agent) -> f64 {
 
 /// A refused bind is retried with backoff; once its target needs no bind any more (here it
 /// became somebody else's mount) nothing is left to retry, and a quiet node runs only its
-/// periodic safety-net pass (this once spun ~3 500 passes a second).
+/// periodic safety-net pass (this once spun ~3 500 passes a second). A control plane of its
+/// own: the agent watches vCluster control planes cluster-wide, so other tests' objects would
+/// be real triggers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_node_runs_no_passes_even_after_a_refusal() {
-    let cp = ControlPlane::shared();
+    let dedicated = ControlPlane::dedicated("quiet");
+    let cp = &dedicated;
     let client = cp.client(0).await;
     let ns = namespace(&client, "quiet").await;
     let node = NodeSandbox::new(&format!("node-{}", fleetmirror_tests::suffix()));

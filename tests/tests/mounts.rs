@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fleetmirror_agent::kernel::{Kernel, KernelError, LinuxKernel};
+use fleetmirror_agent::kernel::{Kernel, KernelError, LinuxKernel, MountApi, STAGING_DIR};
 use fleetmirror_core::mountinfo::MountTable;
 use fleetmirror_core::plan::Target;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -156,26 +156,46 @@ impl Node {
     }
 
     fn table(&self) -> MountTable {
-        MountTable::parse_bytes(&LinuxKernel.mountinfo().unwrap())
+        MountTable::parse_bytes(&LinuxKernel::default().mountinfo().unwrap())
     }
 
+    /// The mounts below `dir`, but the classic path's (private, empty) staging directory.
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
         self.table()
             .entries()
             .iter()
             .map(|e| e.mount_point.clone())
-            .filter(|p| p.starts_with(dir))
+            .filter(|p| p.starts_with(dir) && !p.starts_with(self.loft.join(STAGING_DIR)))
             .collect()
+    }
+
+    /// The kernel layer with `api`; the classic path stages below the loft root, as the agent
+    /// does with the first root of its enabled layouts.
+    fn kernel(&self, api: MountApi) -> LinuxKernel {
+        LinuxKernel::new(api, Some(self.loft.clone()))
     }
 }
 
 #[test]
 fn recursive_bind_shows_the_pod_and_later_volumes_one_way() {
-    if !inside_private_mount_namespace("recursive_bind_shows_the_pod_and_later_volumes_one_way") {
-        return;
+    if inside_private_mount_namespace("recursive_bind_shows_the_pod_and_later_volumes_one_way") {
+        recursive_bind(MountApi::Auto);
     }
+}
+
+/// The same on the classic path (kernels before 5.12).
+#[test]
+fn recursive_bind_shows_the_pod_and_later_volumes_one_way_classic() {
+    if inside_private_mount_namespace(
+        "recursive_bind_shows_the_pod_and_later_volumes_one_way_classic",
+    ) {
+        recursive_bind(MountApi::Classic);
+    }
+}
+
+fn recursive_bind(api: MountApi) {
     let node = Node::new();
-    let k = LinuxKernel;
+    let k = node.kernel(api);
     let (src, dst) = (node.source(), node.target("vc"));
     k.bind(&src, &dst).unwrap();
     let (s, t) = (src.path(), dst.path());
@@ -203,11 +223,22 @@ fn recursive_bind_shows_the_pod_and_later_volumes_one_way() {
 
 #[test]
 fn symlinks_under_our_roots_are_refused_never_followed() {
-    if !inside_private_mount_namespace("symlinks_under_our_roots_are_refused_never_followed") {
-        return;
+    if inside_private_mount_namespace("symlinks_under_our_roots_are_refused_never_followed") {
+        symlinks_refused(MountApi::Auto);
     }
+}
+
+#[test]
+fn symlinks_under_our_roots_are_refused_never_followed_classic() {
+    if inside_private_mount_namespace("symlinks_under_our_roots_are_refused_never_followed_classic")
+    {
+        symlinks_refused(MountApi::Classic);
+    }
+}
+
+fn symlinks_refused(api: MountApi) {
     let node = Node::new();
-    let k = LinuxKernel;
+    let k = node.kernel(api);
     let elsewhere = node.base.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
 
@@ -273,9 +304,23 @@ fn symlinks_under_our_roots_are_refused_never_followed() {
 /// reach it, nothing mounted in it reaches kubelet's tree.
 #[test]
 fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
-    if !inside_private_mount_namespace("the_propagated_copy_on_a_shared_loft_root_is_one_way_too") {
-        return;
+    if inside_private_mount_namespace("the_propagated_copy_on_a_shared_loft_root_is_one_way_too") {
+        propagated_copy_one_way(MountApi::Auto);
     }
+}
+
+/// Kernels before 5.12 are as safe: the classic bind is made a slave in a private staging
+/// directory before it is moved under the shared root.
+#[test]
+fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too_classic() {
+    if inside_private_mount_namespace(
+        "the_propagated_copy_on_a_shared_loft_root_is_one_way_too_classic",
+    ) {
+        propagated_copy_one_way(MountApi::Classic);
+    }
+}
+
+fn propagated_copy_one_way(api: MountApi) {
     let node = Node::new();
     // The loft root made shared, with a peer standing in for the host's view of it.
     shared_bind_of_itself(&node.loft);
@@ -290,7 +335,7 @@ fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
     )
     .unwrap();
 
-    let k = LinuxKernel;
+    let k = node.kernel(api);
     let (src, dst) = (node.source(), node.target("vc"));
     k.bind(&src, &dst).unwrap();
     let s = src.path();
@@ -307,4 +352,39 @@ fn the_propagated_copy_on_a_shared_loft_root_is_one_way_too() {
         !host_copy.join("hello").exists(),
         "the unmount reaches the host's view too"
     );
+}
+
+/// A bind already in place but still a peer of kubelet's tree (an older agent's, or
+/// vcluster-fs-syncer's `mount --bind` from the rshared kubelet root) becomes a slave.
+#[test]
+fn a_shared_adopted_bind_is_made_a_slave() {
+    if !inside_private_mount_namespace("a_shared_adopted_bind_is_made_a_slave") {
+        return;
+    }
+    let node = Node::new();
+    let (src, dst) = (node.source(), node.target("vc"));
+    let k = node.kernel(MountApi::Auto);
+    k.ensure_dir(&dst).unwrap();
+    mount(
+        Some(&src.path()),
+        &dst.path(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    let before = node.table().at(&dst.path()).cloned().unwrap();
+    assert!(
+        before.is_shared() && !before.is_slave(),
+        "{:?}",
+        before.optional
+    );
+    k.make_slave(&dst).unwrap();
+    let after = node.table().at(&dst.path()).cloned().unwrap();
+    assert!(
+        after.is_slave() && !after.is_shared(),
+        "{:?}",
+        after.optional
+    );
+    assert_one_way(&src.path(), &dst.path());
 }
