@@ -11,6 +11,18 @@
 //!    replaced).
 //!
 //! The check runs once per stream, when it opens; agents reconnect with a fresh token.
+//!
+//! A reconnect storm (2 000 agents after a failover) must not knock the API server over, and
+//! nobody may make the aggregator issue API calls without bound:
+//!
+//! * a result is cached by the SHA-256 of the token (never the token itself) for at most the
+//!   token's remaining life and 5 minutes (a refusal for 30 s), so an agent that reconnects
+//!   costs no TokenReview and no pod read;
+//! * at most 16 authentications run at once, each given 10 s; a caller waits at most 5 s for a
+//!   slot, and at most 50 new (uncached) authentications start per second (bursts of 100) —
+//!   beyond that the stream is refused with UNAVAILABLE, and agents retry with backoff;
+//! * the cache holds at most 20 000 entries (expired ones are dropped first; when full, new
+//!   results are not cached).
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -53,6 +65,9 @@ pub enum AuthError {
     /// The API could not be asked.
     #[error("validating the token: {0}")]
     Api(#[from] kube::Error),
+    /// Too many authentications at once, or the API did not answer in time.
+    #[error("too many agent authentications in progress; retry")]
+    Busy,
 }
 
 impl AuthError {
@@ -65,6 +80,7 @@ impl AuthError {
             AuthError::NotBound => "denied_unbound",
             AuthError::Pod { .. } => "denied_pod",
             AuthError::Api(_) => "auth_api_error",
+            AuthError::Busy => "auth_busy",
         }
     }
 }
@@ -76,9 +92,36 @@ impl From<AuthError> for Status {
             AuthError::WrongAccount { .. } | AuthError::NotBound | AuthError::Pod { .. } => {
                 Status::permission_denied(e.to_string())
             }
-            AuthError::Api(_) => Status::unavailable(e.to_string()),
+            AuthError::Api(_) | AuthError::Busy => Status::unavailable(e.to_string()),
         }
     }
+}
+
+/// A cached authentication: the identity, or why it was refused (its text), and until when.
+#[derive(Clone)]
+struct Cached {
+    result: Result<AgentIdentity, (&'static str, String)>,
+    until: std::time::Instant,
+}
+
+const CACHE_MAX: usize = 20_000;
+const CACHE_OK_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+const CACHE_REFUSED: std::time::Duration = std::time::Duration::from_secs(30);
+const CONCURRENT: usize = 16;
+const WAIT_FOR_SLOT: std::time::Duration = std::time::Duration::from_secs(5);
+const PER_AUTH: std::time::Duration = std::time::Duration::from_secs(10);
+const RATE_PER_SEC: f64 = 50.0;
+const BURST: f64 = 100.0;
+
+/// Counts of what authentication cost the API server.
+#[derive(Debug, Clone, Default)]
+pub struct AuthMetrics {
+    /// TokenReviews issued.
+    pub token_reviews: prometheus_client::metrics::counter::Counter,
+    /// Agent pods read.
+    pub pod_reads: prometheus_client::metrics::counter::Counter,
+    /// Streams authenticated from the cache.
+    pub cache_hits: prometheus_client::metrics::counter::Counter,
 }
 
 /// Validates agent tokens.
@@ -88,6 +131,10 @@ pub struct Authenticator {
     /// `system:serviceaccount:<ns>:<name>` of the agents.
     pub agent_user: String,
     audience: String,
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Cached>>>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    bucket: std::sync::Arc<std::sync::Mutex<(f64, std::time::Instant)>>,
+    metrics: AuthMetrics,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -99,18 +146,65 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// The `exp` claim of a JWT (seconds since the epoch), without verifying anything: only used
+/// to cache no longer than the token lives (the TokenReview did the verifying).
+fn jwt_expiry(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_i64()
+}
+
+/// How long a successful authentication of `token` may be cached at `now` (unix seconds).
+fn cache_life(token: &str, now: i64) -> std::time::Duration {
+    match jwt_expiry(token) {
+        Some(exp) if exp > now => {
+            CACHE_OK_MAX.min(std::time::Duration::from_secs((exp - now) as u64))
+        }
+        _ => std::time::Duration::ZERO,
+    }
+}
+
 impl Authenticator {
     /// Accepts tokens of `agent_user` issued for `audience`.
-    pub fn new(client: kube::Client, agent_user: String, audience: String) -> Self {
+    pub fn new(
+        client: kube::Client,
+        agent_user: String,
+        audience: String,
+        metrics: AuthMetrics,
+    ) -> Self {
         Self {
             client,
             agent_user,
             audience,
+            cache: Default::default(),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+            bucket: std::sync::Arc::new(std::sync::Mutex::new((BURST, std::time::Instant::now()))),
+            metrics,
         }
+    }
+
+    /// Takes one token of the rate limit for a new authentication.
+    fn admit(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * RATE_PER_SEC).min(BURST);
+        if tokens < 1.0 {
+            *b = (tokens, now);
+            return false;
+        }
+        *b = (tokens - 1.0, now);
+        true
     }
 
     /// Authenticates a stream from its metadata.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<AgentIdentity, AuthError> {
+        use sha2::Digest;
         let token = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -118,6 +212,63 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
             .ok_or(AuthError::Missing)?;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = std::time::Instant::now();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.until > now)
+            .cloned();
+        if let Some(c) = cached {
+            self.metrics.cache_hits.inc();
+            return c.result.map_err(|(category, why)| {
+                AuthError::Invalid(format!("{why} ({category}, cached)"))
+            });
+        }
+        if !self.admit() {
+            return Err(AuthError::Busy);
+        }
+        let _slot = tokio::time::timeout(WAIT_FOR_SLOT, self.slots.acquire())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let result = tokio::time::timeout(PER_AUTH, self.review(token))
+            .await
+            .unwrap_or(Err(AuthError::Busy));
+        let life = match &result {
+            Ok(_) => {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                cache_life(token, unix)
+            }
+            // The API's or the limiter's failures say nothing about the token.
+            Err(AuthError::Api(_) | AuthError::Busy) => std::time::Duration::ZERO,
+            Err(_) => CACHE_REFUSED,
+        };
+        if !life.is_zero() {
+            let entry = Cached {
+                result: result
+                    .as_ref()
+                    .map(Clone::clone)
+                    .map_err(|e| (e.category(), e.to_string())),
+                until: now + life,
+            };
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, c| c.until > now);
+            }
+            if cache.len() < CACHE_MAX {
+                cache.insert(key, entry);
+            }
+        }
+        result
+    }
+
+    /// One TokenReview, and one read of the pod the token is bound to.
+    async fn review(&self, token: &str) -> Result<AgentIdentity, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -125,6 +276,7 @@ impl Authenticator {
             },
             ..Default::default()
         };
+        self.metrics.token_reviews.inc();
         let status = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await?
@@ -151,6 +303,7 @@ impl Authenticator {
         // system:serviceaccount:<namespace>:<name>
         let namespace = username.split(':').nth(2).unwrap_or_default().to_owned();
         let pod_ref = format!("{namespace}/{pod_name}");
+        self.metrics.pod_reads.inc();
         let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
             .get_opt(&pod_name)
             .await?
@@ -173,5 +326,32 @@ impl Authenticator {
                 why: "is not scheduled to a node",
             })?;
         Ok(AgentIdentity { pod: pod_ref, node })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.sig", e.encode("{}"), e.encode(payload))
+    }
+
+    #[test]
+    fn results_are_cached_no_longer_than_the_token_lives_and_five_minutes() {
+        let now = 1_000_000;
+        let cases = [
+            (format!("{{\"exp\":{}}}", now + 3600), 300),
+            (format!("{{\"exp\":{}}}", now + 60), 60),
+            (format!("{{\"exp\":{}}}", now - 1), 0),
+            ("{}".to_owned(), 0),
+        ];
+        for (payload, secs) in cases {
+            assert_eq!(cache_life(&jwt(&payload), now).as_secs(), secs, "{payload}");
+        }
+        assert_eq!(cache_life("not a jwt", now).as_secs(), 0);
+        assert_eq!(cache_life("a.!!!.c", now).as_secs(), 0);
     }
 }

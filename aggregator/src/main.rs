@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 clients.requests.clone(),
                 agent_user,
                 args.token_audience.clone(),
+                metrics.auth.clone(),
             ),
             addr: grpc_addr,
             index: index.clone(),

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub recompute_seconds: Histogram,
     vclusters: Family<ReasonLabel, Gauge>,
     scores: Family<ScoreLabel, Gauge>,
+    /// What agent authentication cost the API server.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,7 @@ impl Default for Metrics {
             recompute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             vclusters: Family::default(),
             scores: Family::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -108,6 +111,21 @@ impl Metrics {
             "aggregator_vclusters_by_score",
             "Scored vClusters by score (0, 16, 33, 50, 66, 83, 100)",
             m.scores.clone(),
+        );
+        r.register(
+            "aggregator_token_reviews",
+            "TokenReviews issued to authenticate agent streams (one per distinct token per cache life)",
+            m.auth.token_reviews.clone(),
+        );
+        r.register(
+            "aggregator_agent_pod_reads",
+            "Agent pods read to learn the node a stream may report for",
+            m.auth.pod_reads.clone(),
+        );
+        r.register(
+            "aggregator_auth_cache_hits",
+            "Agent streams authenticated from the cache",
+            m.auth.cache_hits.clone(),
         );
         r.register(
             "aggregator_recompute_seconds",

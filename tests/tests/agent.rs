@@ -432,3 +432,125 @@ async fn only_agent_tokens_bound_to_a_pod_may_report_and_refusals_are_counted() 
         .sum();
     assert!(refused >= 4.0, "refusals are counted:\n{metrics}");
 }
+
+/// One simulated agent stream: a snapshot for `node`, until the aggregator acks it. Refusals
+/// for load (UNAVAILABLE) are retried, as agents do.
+async fn report_once(url: &str, token: &str, node: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut c = client_with_token(url, Some(token.to_owned())).await;
+        let stream = tokio_stream::iter(vec![snapshot(node, 1)]);
+        match c.report(stream).await {
+            Ok(acks) => {
+                let mut acks = acks.into_inner();
+                let ack = acks.next().await.expect("an ack").expect("an ack");
+                assert!(!ack.resync_required);
+                return;
+            }
+            Err(s) if s.code() == Code::Unavailable && start.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("{node}: {s:?}"),
+        }
+    }
+}
+
+/// A reconnect storm costs one TokenReview and one pod read per distinct token (the cache
+/// serves the rest), and callers with made-up tokens cannot make the aggregator issue more than
+/// its rate limit of TokenReviews.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnecting_agents_cost_one_token_review_each() {
+    let cp = ControlPlane::shared();
+    let client = cp.client(0).await;
+    let ns = namespace(&client, "storm").await;
+    let agg = Aggregator::start(cp, 0, AggregatorConfig::new(&ns));
+    eventually(WAIT, "leadership", || async {
+        (agg.metric("fleetmirror_aggregator_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let url = agg.grpc_url();
+    const AGENTS: usize = 200;
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    for batch in (0..AGENTS).collect::<Vec<_>>().chunks(20) {
+        tokens.extend(
+            futures::future::join_all(batch.iter().map(|i| {
+                let node = format!("sim-{i:03}");
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    let token = fleetmirror_tests::cluster::agent_token(
+                        &client,
+                        &ns,
+                        &node,
+                        "fleetmirror-agent",
+                        true,
+                    )
+                    .await;
+                    (node, token)
+                }
+            }))
+            .await,
+        );
+    }
+    let reviews = || {
+        agg.metric("fleetmirror_aggregator_token_reviews_total")
+            .unwrap_or(0.0)
+    };
+    let pod_reads = || {
+        agg.metric("fleetmirror_aggregator_agent_pod_reads_total")
+            .unwrap_or(0.0)
+    };
+    // Every agent connects, then all reconnect at once (as after a failover).
+    for _round in 0..2 {
+        futures::future::join_all(
+            tokens
+                .iter()
+                .map(|(node, token)| report_once(&url, token, node)),
+        )
+        .await;
+    }
+    assert_eq!(
+        reviews(),
+        AGENTS as f64,
+        "one TokenReview per distinct token"
+    );
+    assert_eq!(
+        pod_reads(),
+        AGENTS as f64,
+        "one pod read per distinct token"
+    );
+    assert!(
+        agg.metric("fleetmirror_aggregator_auth_cache_hits_total")
+            .unwrap_or(0.0)
+            >= AGENTS as f64
+    );
+
+    // Made-up tokens: each would be a TokenReview, but only as many start as the rate allows.
+    let before = reviews();
+    let started = std::time::Instant::now();
+    let refused = futures::future::join_all((0..400).map(|i| {
+        let url = url.clone();
+        async move {
+            let mut c = client_with_token(&url, Some(format!("made.up.{i}"))).await;
+            c.report(tokio_stream::iter(vec![snapshot("x", 1)]))
+                .await
+                .unwrap_err()
+                .code()
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let issued = reviews() - before;
+    assert!(
+        issued <= 100.0 + 50.0 * elapsed + 5.0,
+        "{issued} TokenReviews for 400 made-up tokens in {elapsed:.1}s"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|c| matches!(c, Code::Unauthenticated | Code::Unavailable))
+    );
+    assert!(
+        refused.contains(&Code::Unavailable),
+        "the rate limit refused some"
+    );
+}
