@@ -38,6 +38,8 @@ variants=(
   "--set aggregator.replicas=1 --set aggregator.leaderElect=false --set aggregator.podSource=api"
   "--set aggregator.controllers={health}"
   "--set aggregator.controllers={mirror}"
+  "--set networkPolicy.enabled=false"
+  "--set grpc.tls.enabled=true --set grpc.diagnosticsAuth=token"
 )
 
 # validate_manifests FILE LABEL: strict schema validation; only fleetmirror.io kinds may warn.

@@ -100,6 +100,16 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_AGGREGATOR_ADDR")]
     pub aggregator_addr: Option<String>,
 
+    /// With an `https://` --aggregator-addr: the CA bundle (PEM) the aggregator's certificate
+    /// is verified with. Read at startup.
+    #[arg(long, env = "FLEETMIRROR_AGGREGATOR_CA")]
+    pub aggregator_ca: Option<PathBuf>,
+
+    /// With TLS: the name expected in the aggregator's certificate. Default: the host of
+    /// --aggregator-addr (also when a standby redirects the agent to the leader's pod IP).
+    #[arg(long, env = "FLEETMIRROR_AGGREGATOR_TLS_SERVER_NAME")]
+    pub aggregator_tls_server_name: Option<String>,
+
     /// The projected ServiceAccount token sent to the aggregator; re-read on every connect,
     /// since kubelet rotates it. A missing file means no token is sent.
     #[arg(
@@ -143,6 +153,14 @@ impl Args {
                 self.node_name
             )
         })?;
+        if self
+            .aggregator_addr
+            .as_deref()
+            .is_some_and(|a| a.starts_with("https://"))
+            && self.aggregator_ca.is_none()
+        {
+            return Err("an https:// --aggregator-addr needs --aggregator-ca".into());
+        }
         if self.resync_interval.is_zero() || self.heartbeat_interval.is_zero() {
             return Err(
                 "--resync-interval and --heartbeat-interval must be greater than zero".into(),

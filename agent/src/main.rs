@@ -86,6 +86,35 @@ fn canonical_roots(mut args: Args) -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// The TLS configuration of an `https://` --aggregator-addr.
+fn aggregator_tls(args: &Args) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    let Some(addr) = args
+        .aggregator_addr
+        .as_deref()
+        .filter(|a| a.starts_with("https://"))
+    else {
+        return Ok(None);
+    };
+    let ca = args
+        .aggregator_ca
+        .as_ref()
+        .context("https needs --aggregator-ca")?;
+    let pem = std::fs::read(ca).with_context(|| format!("--aggregator-ca {}", ca.display()))?;
+    let name = match &args.aggregator_tls_server_name {
+        Some(n) => n.clone(),
+        None => addr
+            .parse::<tonic::transport::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .context("--aggregator-addr has no host")?,
+    };
+    Ok(Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name(name),
+    ))
+}
+
 /// Refuses to start for a node that does not exist: with a wrong `--node-name` the pod watch
 /// would see no pods, and every mount on the node would look like garbage. Transient errors
 /// are retried for about half a minute; a missing Node or missing RBAC is an error at once.
@@ -188,6 +217,7 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
                 heartbeat: args.heartbeat_interval,
                 state: state_rx,
                 metrics: metrics.clone(),
+                tls: aggregator_tls(&args)?,
             };
             let token = token.clone();
             tasks.spawn("reporter", async move {

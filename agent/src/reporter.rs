@@ -104,6 +104,8 @@ pub struct Reporter {
     pub state: watch::Receiver<Option<NodeState>>,
     /// Metrics.
     pub metrics: Metrics,
+    /// With an `https://` address: how the aggregator's certificate is verified.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// How long opening a stream (connect aside) may take.
@@ -135,7 +137,8 @@ impl Reporter {
                 self.metrics.stream_error(error.category());
                 if let Some(leader) = error.leader_address().filter(|_| !following) {
                     tracing::info!(%addr, %leader, "reached a standby aggregator; connecting to the leader");
-                    redirect = Some(format!("http://{leader}"));
+                    let scheme = if self.tls.is_some() { "https" } else { "http" };
+                    redirect = Some(format!("{scheme}://{leader}"));
                     self.metrics.reconnects.inc();
                     continue;
                 }
@@ -194,6 +197,17 @@ impl Reporter {
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
+        let endpoint = match &self.tls {
+            Some(tls) => {
+                endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|source| ReportError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?
+            }
+            None => endpoint,
+        };
         let channel = endpoint
             .connect()
             .await

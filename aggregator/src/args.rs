@@ -16,6 +16,15 @@ pub enum PodSource {
     Api,
 }
 
+/// Who may call Diagnostics (`--diagnostics-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagnosticsAuthMode {
+    /// Anyone who reaches the gRPC port (guard it with the chart's NetworkPolicy).
+    None,
+    /// A bearer token of a user allowed to `get` `diagnostics.fleetmirror.io`.
+    Token,
+}
+
 /// A controller `--controllers` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Controller {
@@ -114,6 +123,34 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Controller::Health, Controller::Mirror, Controller::Routing, Controller::Integrations])]
     pub controllers: Vec<Controller>,
 
+    /// Who may call Diagnostics (it returns every tenant's pod names, namespaces and UIDs):
+    /// `none` (anyone who reaches the gRPC port; the chart's NetworkPolicy keeps it to this
+    /// namespace and `kubectl port-forward`) or `token` (a bearer token the API server
+    /// authenticates, of a user RBAC allows to `get` `diagnostics` in group `fleetmirror.io`;
+    /// for clusters whose network does not enforce NetworkPolicies).
+    #[arg(long, env = "FLEETMIRROR_DIAGNOSTICS_AUTH", value_enum, default_value_t = DiagnosticsAuthMode::None)]
+    pub diagnostics_auth: DiagnosticsAuthMode,
+
+    /// Serve gRPC over TLS with this certificate (PEM; with --grpc-tls-key). Its SANs must
+    /// cover the name agents dial (the Service, `fleetmirror-aggregator.<namespace>.svc`).
+    /// Read at startup: a rotated certificate takes a rollout restart.
+    #[arg(long, env = "FLEETMIRROR_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --grpc-tls-cert (PEM).
+    #[arg(long, env = "FLEETMIRROR_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+
+    /// With TLS: the CA bundle (PEM) a standby verifies the leader's certificate with when it
+    /// forwards Diagnostics to the leader's pod IP.
+    #[arg(long, env = "FLEETMIRROR_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
+
+    /// With TLS: the name a standby expects in the leader's certificate (it dials a pod IP).
+    /// Default: `fleetmirror-aggregator.<--namespace>.svc`.
+    #[arg(long, env = "FLEETMIRROR_GRPC_TLS_SERVER_NAME")]
+    pub grpc_tls_server_name: Option<String>,
+
     /// A watch that cannot list or watch for longer than this turns /readyz false and the
     /// controllers reading it say Ready=Unknown instead of presenting old data as fresh.
     #[arg(long, env = "FLEETMIRROR_WATCH_FAILURE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -152,6 +189,12 @@ impl Args {
         }
         if self.agent_forget_after < self.agent_stale_after {
             return Err("--agent-forget-after must not be shorter than --agent-stale-after".into());
+        }
+        if self.grpc_tls_cert.is_some() && self.grpc_tls_ca.is_none() && self.leader_elect {
+            return Err(
+                "--grpc-tls-cert needs --grpc-tls-ca: standbys verify the leader they forward to"
+                    .into(),
+            );
         }
         if self.controllers.is_empty() {
             return Err("--controllers must name at least one controller".into());

@@ -66,8 +66,24 @@ pub enum AuthError {
     #[error("validating the token: {0}")]
     Api(#[from] kube::Error),
     /// Too many authentications at once, or the API did not answer in time.
-    #[error("too many agent authentications in progress; retry")]
+    #[error("too many authentications in progress; retry")]
     Busy,
+    /// The same token was refused moments ago.
+    #[error("{why} (cached)")]
+    Cached {
+        /// The refusal's category.
+        category: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The caller may not read Diagnostics.
+    #[error("{user} may not get diagnostics.fleetmirror.io: {why}")]
+    Forbidden {
+        /// Who asked.
+        user: String,
+        /// The SubjectAccessReview's reason, if any.
+        why: String,
+    },
 }
 
 impl AuthError {
@@ -81,6 +97,8 @@ impl AuthError {
             AuthError::Pod { .. } => "denied_pod",
             AuthError::Api(_) => "auth_api_error",
             AuthError::Busy => "auth_busy",
+            AuthError::Cached { category, .. } => category,
+            AuthError::Forbidden { .. } => "denied_diagnostics",
         }
     }
 }
@@ -89,19 +107,17 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Status {
         match e {
             AuthError::Missing | AuthError::Invalid(_) => Status::unauthenticated(e.to_string()),
-            AuthError::WrongAccount { .. } | AuthError::NotBound | AuthError::Pod { .. } => {
-                Status::permission_denied(e.to_string())
+            AuthError::WrongAccount { .. }
+            | AuthError::NotBound
+            | AuthError::Pod { .. }
+            | AuthError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+            AuthError::Cached { category, .. } if category.starts_with("unauthenticated") => {
+                Status::unauthenticated(e.to_string())
             }
+            AuthError::Cached { .. } => Status::permission_denied(e.to_string()),
             AuthError::Api(_) | AuthError::Busy => Status::unavailable(e.to_string()),
         }
     }
-}
-
-/// A cached authentication: the identity, or why it was refused (its text), and until when.
-#[derive(Clone)]
-struct Cached {
-    result: Result<AgentIdentity, (&'static str, String)>,
-    until: std::time::Instant,
 }
 
 const CACHE_MAX: usize = 20_000;
@@ -112,6 +128,123 @@ const WAIT_FOR_SLOT: std::time::Duration = std::time::Duration::from_secs(5);
 const PER_AUTH: std::time::Duration = std::time::Duration::from_secs(10);
 const RATE_PER_SEC: f64 = 50.0;
 const BURST: f64 = 100.0;
+
+/// A cached check: its result, or why it refused (category, text), and until when.
+#[derive(Clone)]
+struct Cached<T> {
+    result: Result<T, (&'static str, String)>,
+    until: std::time::Instant,
+}
+
+/// What every token check shares (see the module docs): a cache by the token's SHA-256, a
+/// bound on concurrent checks, each with a timeout, and a rate limit on uncached ones.
+struct Gate<T> {
+    cache: std::sync::Mutex<std::collections::HashMap<[u8; 32], Cached<T>>>,
+    slots: tokio::sync::Semaphore,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+    max_life: std::time::Duration,
+    hits: prometheus_client::metrics::counter::Counter,
+}
+
+impl<T: Clone> Gate<T> {
+    fn new(
+        max_life: std::time::Duration,
+        hits: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Gate {
+            cache: Default::default(),
+            slots: tokio::sync::Semaphore::new(CONCURRENT),
+            bucket: std::sync::Mutex::new((BURST, std::time::Instant::now())),
+            max_life,
+            hits,
+        }
+    }
+
+    /// Takes one token of the rate limit for a new check.
+    fn admit(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * RATE_PER_SEC).min(BURST);
+        if tokens < 1.0 {
+            *b = (tokens, now);
+            return false;
+        }
+        *b = (tokens - 1.0, now);
+        true
+    }
+
+    /// The cached result for `token`, or `check` run under the bounds and cached.
+    async fn check<F>(&self, token: &str, check: F) -> Result<T, AuthError>
+    where
+        F: std::future::Future<Output = Result<T, AuthError>>,
+    {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = std::time::Instant::now();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.until > now)
+            .cloned();
+        if let Some(c) = cached {
+            self.hits.inc();
+            return c
+                .result
+                .map_err(|(category, why)| AuthError::Cached { category, why });
+        }
+        if !self.admit() {
+            return Err(AuthError::Busy);
+        }
+        let _slot = tokio::time::timeout(WAIT_FOR_SLOT, self.slots.acquire())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let result = tokio::time::timeout(PER_AUTH, check)
+            .await
+            .unwrap_or(Err(AuthError::Busy));
+        let life = match &result {
+            Ok(_) => {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                cache_life(token, unix, self.max_life)
+            }
+            // The API's or the limiter's failures say nothing about the token.
+            Err(AuthError::Api(_) | AuthError::Busy) => std::time::Duration::ZERO,
+            Err(_) => CACHE_REFUSED,
+        };
+        if !life.is_zero() {
+            let entry = Cached {
+                result: result
+                    .as_ref()
+                    .map(Clone::clone)
+                    .map_err(|e| (e.category(), e.to_string())),
+                until: now + life,
+            };
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, c| c.until > now);
+            }
+            if cache.len() < CACHE_MAX {
+                cache.insert(key, entry);
+            }
+        }
+        result
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+        .ok_or(AuthError::Missing)
+}
 
 /// Counts of what authentication cost the API server.
 #[derive(Debug, Clone, Default)]
@@ -131,9 +264,7 @@ pub struct Authenticator {
     /// `system:serviceaccount:<ns>:<name>` of the agents.
     pub agent_user: String,
     audience: String,
-    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Cached>>>,
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
-    bucket: std::sync::Arc<std::sync::Mutex<(f64, std::time::Instant)>>,
+    gate: std::sync::Arc<Gate<AgentIdentity>>,
     metrics: AuthMetrics,
 }
 
@@ -160,13 +291,15 @@ fn jwt_expiry(token: &str) -> Option<i64> {
         .as_i64()
 }
 
-/// How long a successful authentication of `token` may be cached at `now` (unix seconds).
-fn cache_life(token: &str, now: i64) -> std::time::Duration {
+/// How long a successful check of `token` may be cached at `now` (unix seconds): at most
+/// `max`, and never past the token's expiry (a token that is not a JWT, e.g. a static one,
+/// has none).
+fn cache_life(token: &str, now: i64, max: std::time::Duration) -> std::time::Duration {
     match jwt_expiry(token) {
-        Some(exp) if exp > now => {
-            CACHE_OK_MAX.min(std::time::Duration::from_secs((exp - now) as u64))
-        }
-        _ => std::time::Duration::ZERO,
+        Some(exp) if exp > now => max.min(std::time::Duration::from_secs((exp - now) as u64)),
+        Some(_) => std::time::Duration::ZERO,
+        None if token.split('.').count() == 3 => std::time::Duration::ZERO,
+        None => max,
     }
 }
 
@@ -182,89 +315,15 @@ impl Authenticator {
             client,
             agent_user,
             audience,
-            cache: Default::default(),
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
-            bucket: std::sync::Arc::new(std::sync::Mutex::new((BURST, std::time::Instant::now()))),
+            gate: std::sync::Arc::new(Gate::new(CACHE_OK_MAX, metrics.cache_hits.clone())),
             metrics,
         }
     }
 
-    /// Takes one token of the rate limit for a new authentication.
-    fn admit(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * RATE_PER_SEC).min(BURST);
-        if tokens < 1.0 {
-            *b = (tokens, now);
-            return false;
-        }
-        *b = (tokens - 1.0, now);
-        true
-    }
-
     /// Authenticates a stream from its metadata.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<AgentIdentity, AuthError> {
-        use sha2::Digest;
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
-            .ok_or(AuthError::Missing)?;
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let now = std::time::Instant::now();
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .filter(|c| c.until > now)
-            .cloned();
-        if let Some(c) = cached {
-            self.metrics.cache_hits.inc();
-            return c.result.map_err(|(category, why)| {
-                AuthError::Invalid(format!("{why} ({category}, cached)"))
-            });
-        }
-        if !self.admit() {
-            return Err(AuthError::Busy);
-        }
-        let _slot = tokio::time::timeout(WAIT_FOR_SLOT, self.slots.acquire())
-            .await
-            .map_err(|_| AuthError::Busy)?
-            .map_err(|_| AuthError::Busy)?;
-        let result = tokio::time::timeout(PER_AUTH, self.review(token))
-            .await
-            .unwrap_or(Err(AuthError::Busy));
-        let life = match &result {
-            Ok(_) => {
-                let unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                cache_life(token, unix)
-            }
-            // The API's or the limiter's failures say nothing about the token.
-            Err(AuthError::Api(_) | AuthError::Busy) => std::time::Duration::ZERO,
-            Err(_) => CACHE_REFUSED,
-        };
-        if !life.is_zero() {
-            let entry = Cached {
-                result: result
-                    .as_ref()
-                    .map(Clone::clone)
-                    .map_err(|e| (e.category(), e.to_string())),
-                until: now + life,
-            };
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, c| c.until > now);
-            }
-            if cache.len() < CACHE_MAX {
-                cache.insert(key, entry);
-            }
-        }
-        result
+        let token = bearer(metadata)?;
+        self.gate.check(token, self.review(token)).await
     }
 
     /// One TokenReview, and one read of the pod the token is bound to.
@@ -329,6 +388,100 @@ impl Authenticator {
     }
 }
 
+/// `--diagnostics-auth=token`: a Diagnostics call must carry a bearer token the API server
+/// authenticates (TokenReview, the API server's own audiences) of a user allowed to `get`
+/// `diagnostics` in the `fleetmirror.io` group (SubjectAccessReview): UNAUTHENTICATED without
+/// one, PERMISSION_DENIED when not allowed. Results are cached for a minute under the same
+/// bounds as agent authentication; health and reflection stay open (they carry no tenant data).
+#[derive(Clone)]
+pub struct DiagnosticsAuth {
+    client: kube::Client,
+    gate: std::sync::Arc<Gate<String>>,
+    metrics: AuthMetrics,
+}
+
+impl std::fmt::Debug for DiagnosticsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiagnosticsAuth")
+    }
+}
+
+impl DiagnosticsAuth {
+    /// Checks callers with `client`.
+    pub fn new(client: kube::Client, metrics: AuthMetrics) -> Self {
+        Self {
+            client,
+            gate: std::sync::Arc::new(Gate::new(
+                std::time::Duration::from_secs(60),
+                metrics.cache_hits.clone(),
+            )),
+            metrics,
+        }
+    }
+
+    /// The user the request's token belongs to, if they may read Diagnostics.
+    pub async fn authorize(&self, metadata: &MetadataMap) -> Result<String, AuthError> {
+        let token = bearer(metadata)?;
+        self.gate.check(token, self.review(token)).await
+    }
+
+    async fn review(&self, token: &str) -> Result<String, AuthError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        self.metrics.token_reviews.inc();
+        let status = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await?
+            .status
+            .unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(AuthError::Invalid(
+                status.error.unwrap_or_else(|| "rejected".into()),
+            ));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.clone().unwrap_or_default();
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username,
+                groups: user.groups,
+                uid: user.uid,
+                extra: user.extra,
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("fleetmirror.io".into()),
+                    resource: Some("diagnostics".into()),
+                    verb: Some("get".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let status = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &sar)
+            .await?
+            .status
+            .unwrap_or_default();
+        if !status.allowed || status.denied == Some(true) {
+            return Err(AuthError::Forbidden {
+                user: username,
+                why: status
+                    .reason
+                    .unwrap_or_else(|| "no RBAC rule allows it".into()),
+            });
+        }
+        Ok(username)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,9 +502,21 @@ mod tests {
             ("{}".to_owned(), 0),
         ];
         for (payload, secs) in cases {
-            assert_eq!(cache_life(&jwt(&payload), now).as_secs(), secs, "{payload}");
+            assert_eq!(
+                cache_life(&jwt(&payload), now, CACHE_OK_MAX).as_secs(),
+                secs,
+                "{payload}"
+            );
         }
-        assert_eq!(cache_life("not a jwt", now).as_secs(), 0);
-        assert_eq!(cache_life("a.!!!.c", now).as_secs(), 0);
+        assert_eq!(
+            cache_life("a.!!!.c", now, CACHE_OK_MAX).as_secs(),
+            0,
+            "a JWT without a readable expiry"
+        );
+        assert_eq!(
+            cache_life("static-token", now, std::time::Duration::from_secs(60)).as_secs(),
+            60,
+            "a token that is not a JWT: the maximum"
+        );
     }
 }

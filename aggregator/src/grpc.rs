@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::args::{Controller, PodSource};
-use crate::auth::{AgentIdentity, Authenticator};
+use crate::auth::{AgentIdentity, Authenticator, DiagnosticsAuth};
 use crate::index::FleetIndex;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
@@ -51,6 +51,9 @@ pub struct DiagnosticsService {
     holder: watch::Receiver<Option<Holder>>,
     pod_source: PodSource,
     controllers: BTreeSet<Controller>,
+    auth: Option<DiagnosticsAuth>,
+    /// With TLS: how to reach the leader (CA and the name in its certificate).
+    forward_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The channel to the leader, by address (connected lazily, reused).
     channel: Arc<std::sync::Mutex<Option<(SocketAddr, Channel)>>>,
 }
@@ -99,6 +102,8 @@ impl DiagnosticsService {
         holder: watch::Receiver<Option<Holder>>,
         pod_source: PodSource,
         controllers: BTreeSet<Controller>,
+        auth: Option<DiagnosticsAuth>,
+        forward_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Self {
         Self {
             index,
@@ -106,8 +111,24 @@ impl DiagnosticsService {
             holder,
             pod_source,
             controllers,
+            auth,
+            forward_tls,
             channel: Default::default(),
         }
+    }
+
+    /// With `--diagnostics-auth=token`: the caller's token must be allowed to read Diagnostics.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        auth.authorize(request.metadata())
+            .await
+            .map(drop)
+            .map_err(|e| {
+                tracing::debug!(reason = %e, "Diagnostics call refused");
+                Status::from(e)
+            })
     }
 
     /// FAILED_PRECONDITION unless `controller` runs here (`--controllers`).
@@ -155,17 +176,35 @@ impl DiagnosticsService {
             match cached.as_ref() {
                 Some((a, c)) if *a == address => c.clone(),
                 _ => {
-                    let c = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                        .map_err(|e| Status::internal(format!("leader address {address}: {e}")))?
-                        .connect_timeout(std::time::Duration::from_secs(2))
-                        .timeout(std::time::Duration::from_secs(10))
-                        .connect_lazy();
+                    let scheme = if self.forward_tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    let mut endpoint =
+                        tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+                            .map_err(|e| {
+                                Status::internal(format!("leader address {address}: {e}"))
+                            })?
+                            .connect_timeout(std::time::Duration::from_secs(2))
+                            .timeout(std::time::Duration::from_secs(10));
+                    if let Some(tls) = &self.forward_tls {
+                        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+                            Status::internal(format!("TLS to the leader at {address}: {e}"))
+                        })?;
+                    }
+                    let c = endpoint.connect_lazy();
                     *cached = Some((address, c.clone()));
                     c
                 }
             }
         };
+        // The leader checks the caller again: the caller's credentials go along.
+        let authorization = request.metadata().get("authorization").cloned();
         let mut forwarded = Request::new(request.into_inner());
+        if let Some(a) = authorization {
+            forwarded.metadata_mut().insert("authorization", a);
+        }
         forwarded.metadata_mut().insert(
             FORWARDED,
             tonic::metadata::MetadataValue::from_static("standby"),
@@ -205,6 +244,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<ListVClustersRequest>,
     ) -> Result<Response<ListVClustersResponse>, Status> {
+        self.authorize(&request).await?;
         self.require(Controller::Health)?;
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
@@ -230,6 +270,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetVClusterRequest>,
     ) -> Result<Response<VClusterDetail>, Status> {
+        self.authorize(&request).await?;
         self.require(Controller::Health)?;
         let request = match self.route(request, false)? {
             Route::Here(r) => r,
@@ -254,6 +295,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        self.authorize(&request).await?;
         if let Route::Leader(mut leader, r) = self.route(request, true)? {
             return leader
                 .client
@@ -270,6 +312,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<NodeDetail>, Status> {
+        self.authorize(&request).await?;
         let request = match self.route(request, true)? {
             Route::Here(r) => r,
             Route::Leader(mut leader, r) => {
@@ -450,6 +493,14 @@ pub struct GrpcServer {
     pub pod_source: PodSource,
     /// The controllers running here (`--controllers`).
     pub controllers: BTreeSet<Controller>,
+    /// `--diagnostics-auth=token`: who may call Diagnostics.
+    pub diagnostics_auth: Option<DiagnosticsAuth>,
+    /// Serve TLS with this identity (`--grpc-tls-cert`/`--grpc-tls-key`), and reach the leader
+    /// with this client configuration.
+    pub tls: Option<(
+        tonic::transport::Identity,
+        tonic::transport::ClientTlsConfig,
+    )>,
     /// Metrics.
     pub metrics: Metrics,
     /// Marked ready once the port is bound.
@@ -487,6 +538,8 @@ impl GrpcServer {
             self.holder.clone(),
             self.pod_source,
             self.controllers,
+            self.diagnostics_auth,
+            self.tls.as_ref().map(|(_, client)| client.clone()),
         );
         let agents = AgentReportService {
             auth: self.auth,
@@ -496,7 +549,12 @@ impl GrpcServer {
             metrics: self.metrics,
             shutdown: shutdown.clone(),
         };
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((identity, _)) = self.tls {
+            builder =
+                builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        }
+        let result = builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)

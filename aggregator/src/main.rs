@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use fleetmirror_aggregator::args::{Args, Controller, PodSource};
-use fleetmirror_aggregator::auth::Authenticator;
+use fleetmirror_aggregator::args::{Args, Controller, DiagnosticsAuthMode, PodSource};
+use fleetmirror_aggregator::auth::{Authenticator, DiagnosticsAuth};
 use fleetmirror_aggregator::grpc::GrpcServer;
 use fleetmirror_aggregator::index::FleetIndex;
 use fleetmirror_aggregator::leader::{AgentNodes, ElectionConfig, LeaderElector};
@@ -104,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
             holder: holder_rx,
             pod_source: args.pod_source,
             controllers: controllers.clone(),
+            diagnostics_auth: (args.diagnostics_auth == DiagnosticsAuthMode::Token)
+                .then(|| DiagnosticsAuth::new(clients.requests.clone(), metrics.auth.clone())),
+            tls: grpc_tls(&args, &namespace)?,
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
         };
@@ -189,6 +192,42 @@ async fn main() -> anyhow::Result<()> {
     supervisor.run().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC server's TLS identity and the client configuration standbys reach the leader with,
+/// when `--grpc-tls-cert` is set.
+fn grpc_tls(
+    args: &Args,
+    namespace: &str,
+) -> anyhow::Result<
+    Option<(
+        tonic::transport::Identity,
+        tonic::transport::ClientTlsConfig,
+    )>,
+> {
+    let (Some(cert), Some(key)) = (&args.grpc_tls_cert, &args.grpc_tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path, flag: &str| {
+        std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(cert, "--grpc-tls-cert")?,
+        read(key, "--grpc-tls-key")?,
+    );
+    let mut client = tonic::transport::ClientTlsConfig::new().domain_name(
+        args.grpc_tls_server_name
+            .clone()
+            .unwrap_or_else(|| format!("fleetmirror-aggregator.{namespace}.svc")),
+    );
+    if let Some(ca) = &args.grpc_tls_ca {
+        client = client.ca_certificate(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "--grpc-tls-ca",
+        )?));
+    }
+    tracing::info!(cert = %cert.display(), "gRPC served over TLS");
+    Ok(Some((identity, client)))
 }
 
 /// The host name plus a random suffix, so two processes on one machine never share an

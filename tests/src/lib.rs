@@ -13,6 +13,7 @@
 //! * [`node`]: a fake node (temporary roots in a private mount namespace that outlives agents);
 //! * [`pod`] and [`sandbox`]: a workload started the way its rendered manifest runs it (its
 //!   environment, volumes, user and read-only root in a container of its own);
+//! * [`tls`]: a CA and serving certificates made with openssl;
 //! * [`process`]: the binaries as child processes on free loopback ports, killed on drop, with
 //!   their logs kept for failure messages; [`eventually`] for polling.
 //!
@@ -26,6 +27,7 @@ pub mod node;
 pub mod pod;
 pub mod process;
 pub mod sandbox;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -299,9 +299,37 @@ impl PodProcess {
                     write_file(&dir.join(&token.path), t.as_bytes());
                 }
                 dir
+            } else if let Some(secret) = &volume.secret {
+                // As kubelet: the Secret's keys (or the listed items) as files.
+                let name = secret.secret_name.as_deref().expect("secretName");
+                let data = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                    client.clone(),
+                    &ctx.namespace,
+                )
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {name} for volume {}: {e}", m.name))
+                .data
+                .unwrap_or_default();
+                let dir = dir.join(format!("volume-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let items: Vec<(String, String)> = match &secret.items {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| (i.key.clone(), i.path.clone()))
+                        .collect(),
+                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+                };
+                for (key, path) in items {
+                    let value = data
+                        .get(&key)
+                        .unwrap_or_else(|| panic!("Secret {name} has no key {key}"));
+                    write_file(&dir.join(path), &value.0);
+                }
+                dir
             } else {
                 panic!(
-                    "volume {}: only hostPath and projected are supported",
+                    "volume {}: only hostPath, projected and secret are supported",
                     m.name
                 )
             };

@@ -241,3 +241,42 @@ async fn a_single_unelected_aggregator_watching_pods_runs_as_rendered() {
     ]))
     .await;
 }
+
+/// The TLS variant of the chart: the aggregator reads its certificate, key and CA from the
+/// mounted Secret, the agent only the CA; both start from their rendered environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_variant_runs_as_rendered() {
+    let cp = install();
+    let client = cp.client(CLUSTER).await;
+    let dir = std::env::temp_dir().join(format!("fleetmirror-rendered-tls-{}", suffix()));
+    let certs = fleetmirror_tests::tls::TestCerts::make(
+        &dir,
+        &["fleetmirror-aggregator.fleetmirror-system.svc"],
+        &[],
+    );
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "fleetmirror-grpc-tls", "namespace": NAMESPACE},
+        "type": "kubernetes.io/tls",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(&certs.cert).unwrap(),
+            "tls.key": std::fs::read_to_string(&certs.key).unwrap(),
+            "ca.crt": std::fs::read_to_string(&certs.ca).unwrap(),
+        },
+    }))
+    .unwrap();
+    let secrets = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, NAMESPACE);
+    let _ = secrets
+        .delete("fleetmirror-grpc-tls", &Default::default())
+        .await;
+    secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let rendered = Rendered::helm(&["grpc.tls.enabled=true", "grpc.diagnosticsAuth=token"]);
+    let (agent, aggregator) = tokio::join!(
+        agent_as_rendered(rendered.clone(), &["loft"]),
+        aggregator_as_rendered(rendered)
+    );
+    let _ = (agent, aggregator);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -163,6 +163,23 @@ fn manifests_set_only_flags_the_binaries_have() {
         "kubelet's later mounts must reach the agent"
     );
 
+    // Diagnostics is for this namespace only: the aggregator's gRPC port is reachable from
+    // pods of its own namespace, the admin ports from the metrics selector.
+    let policy = find(&docs, "NetworkPolicy", "fleetmirror-aggregator");
+    let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+    let grpc_from: Vec<&serde_yaml::Value> = ingress
+        .iter()
+        .filter(|r| r["ports"][0]["port"].as_str() == Some("grpc"))
+        .flat_map(|r| r["from"].as_sequence().unwrap())
+        .collect();
+    assert_eq!(grpc_from.len(), 1, "{grpc_from:?}");
+    assert!(
+        grpc_from[0]["podSelector"].as_mapping().is_some_and(|m| m.is_empty())
+            && grpc_from[0]["namespaceSelector"].is_null(),
+        "gRPC only from this namespace: {grpc_from:?}"
+    );
+    find(&docs, "NetworkPolicy", "fleetmirror-agent");
+
     // Ports and probes match the binaries' defaults (:9090 / :8080 / :8081).
     let agg = &find(&docs, "Deployment", "fleetmirror-aggregator")["spec"]["template"]["spec"]["containers"]
         [0];

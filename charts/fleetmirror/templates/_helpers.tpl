@@ -55,7 +55,7 @@ helm.sh/chart: {{ include "fleetmirror.chart" .ctx }}
 {{- if .Values.agent.aggregatorAddr }}
 {{- .Values.agent.aggregatorAddr }}
 {{- else }}
-{{- printf "http://%s.%s.svc:9090" (include "fleetmirror.aggregator.name" .) .Release.Namespace }}
+{{- printf "%s://%s.%s.svc:9090" (ternary "https" "http" .Values.grpc.tls.enabled) (include "fleetmirror.aggregator.name" .) .Release.Namespace }}
 {{- end }}
 {{- end }}
 
@@ -94,4 +94,12 @@ policy/v1beta1
 {{- end }}
 {{- end }}
 {{- join "," (uniq .Values.aggregator.controllers) }}
+{{- end }}
+
+{{/* grpc.diagnosticsAuth, checked. */}}
+{{- define "fleetmirror.diagnosticsAuth" -}}
+{{- if not (has .Values.grpc.diagnosticsAuth (list "none" "token")) }}
+{{- fail (printf "grpc.diagnosticsAuth must be none or token, not %q" .Values.grpc.diagnosticsAuth) }}
+{{- end }}
+{{- .Values.grpc.diagnosticsAuth }}
 {{- end }}
