@@ -174,7 +174,9 @@ fn manifests_set_only_flags_the_binaries_have() {
         .collect();
     assert_eq!(grpc_from.len(), 1, "{grpc_from:?}");
     assert!(
-        grpc_from[0]["podSelector"].as_mapping().is_some_and(|m| m.is_empty())
+        grpc_from[0]["podSelector"]
+            .as_mapping()
+            .is_some_and(|m| m.is_empty())
             && grpc_from[0]["namespaceSelector"].is_null(),
         "gRPC only from this namespace: {grpc_from:?}"
     );
