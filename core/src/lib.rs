@@ -8,12 +8,14 @@
 //!   `VClusterHealth` status decisions ([`health::status`]);
 //! * [`status`]: what every controller's status decisions share (Kubernetes-shaped time and
 //!   conditions, write-due rules, Events, backoff);
+//! * [`mirror`]: namespace mirroring's decisions (targets, rendering, transforms, ownership);
 //! * [`pod`]: which host pods are synced vCluster pods or control-plane pods;
 //! * [`mountinfo`]: `/proc/self/mountinfo` parsing and bind-source resolution;
 //! * [`plan`]: the agent's mount reconcile as a pure function (layouts, cross-tenant guard,
 //!   conflicts, adoption, garbage collection).
 
 pub mod health;
+pub mod mirror;
 pub mod mountinfo;
 pub mod naming;
 pub mod plan;
