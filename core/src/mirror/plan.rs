@@ -77,12 +77,17 @@ pub fn owner(keys: &Keys, observed: &Observed, s: &SourceRef) -> Owner {
     let label = |k: String| observed.meta_str("labels", &k);
     let ann = |k: String| observed.meta_str("annotations", &k);
     // A source is never a mirror, whatever else it says.
-    let is_source = label(keys.enabled()) == Some("true") && ann(keys.sync()) == Some("true")
+    let is_source = label(keys.enabled()) == Some("true")
+        && ann(keys.sync()) == Some("true")
         && label(keys.mirror()) != Some("true");
     if is_source {
         return Owner::Foreign;
     }
-    let names = (ann(keys.source_namespace()), ann(keys.source_name()), ann(keys.source_uid()));
+    let names = (
+        ann(keys.source_namespace()),
+        ann(keys.source_name()),
+        ann(keys.source_uid()),
+    );
     match label(keys.managed_by()) {
         Some(MANAGED_BY_US) => match names {
             (Some(ns), Some(name), uid) if ns == s.namespace && name == s.name => Owner::Ours {
@@ -96,7 +101,12 @@ pub fn owner(keys: &Keys, observed: &Observed, s: &SourceRef) -> Owner {
             _ => Owner::Foreign,
         },
         Some(MANAGED_BY_KUBEMIRROR)
-            if names == (Some(s.namespace.as_str()), Some(s.name.as_str()), Some(s.uid.as_str())) =>
+            if names
+                == (
+                    Some(s.namespace.as_str()),
+                    Some(s.name.as_str()),
+                    Some(s.uid.as_str()),
+                ) =>
         {
             Owner::Kubemirror
         }
@@ -133,7 +143,10 @@ pub fn fingerprint(object: &Value) -> String {
         }
     }
     m.insert("labels".into(), object["metadata"]["labels"].clone());
-    m.insert("annotations".into(), object["metadata"]["annotations"].clone());
+    m.insert(
+        "annotations".into(),
+        object["metadata"]["annotations"].clone(),
+    );
     hash(&Value::Object(m))
 }
 
@@ -194,16 +207,17 @@ pub fn decide(
             }
         }
         Owner::Foreign => {
-            return Decision::Conflict("an object that is not a mirror of this source holds the name".into());
+            return Decision::Conflict(
+                "an object that is not a mirror of this source holds the name".into(),
+            );
         }
     };
     if !adopt && shows(&obs.object, want, kind) {
         return Decision::UpToDate;
     }
     if !adopt
-        && accepted.is_some_and(|a| {
-            a.rendering == hash(want) && a.result == fingerprint(&obs.object)
-        })
+        && accepted
+            .is_some_and(|a| a.rendering == hash(want) && a.result == fingerprint(&obs.object))
     {
         // The server normalised our last write (or a webhook added to it): accepted, no loop.
         return Decision::UpToDate;
@@ -234,7 +248,13 @@ pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed) -> Value {
     }
     if is_core(kind, "Service") {
         let have = &observed.object["spec"];
-        for field in ["clusterIP", "clusterIPs", "healthCheckNodePort", "ipFamilies", "ipFamilyPolicy"] {
+        for field in [
+            "clusterIP",
+            "clusterIPs",
+            "healthCheckNodePort",
+            "ipFamilies",
+            "ipFamilyPolicy",
+        ] {
             if let Some(v) = have.get(field).filter(|v| !v.is_null())
                 && body["spec"].get(field).is_none()
             {
@@ -246,13 +266,19 @@ pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed) -> Value {
             .into_iter()
             .flatten()
             .filter_map(|p| {
-                let key = (p["port"].as_i64()?, p["protocol"].as_str().unwrap_or("TCP").to_owned());
+                let key = (
+                    p["port"].as_i64()?,
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                );
                 Some((key, p.get("nodePort")?.clone()))
             })
             .collect();
         if let Some(ports) = body["spec"]["ports"].as_array_mut() {
             for p in ports {
-                let key = (p["port"].as_i64().unwrap_or(0), p["protocol"].as_str().unwrap_or("TCP").to_owned());
+                let key = (
+                    p["port"].as_i64().unwrap_or(0),
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                );
                 if let Some(np) = have_ports.get(&key)
                     && p.get("nodePort").is_none()
                 {
@@ -329,18 +355,44 @@ mod tests {
     fn ownership() {
         let s = source("src", "u1", "1").reference;
         let k = keys();
-        assert_eq!(owner(&k, &mirror("fleetmirror", "src", "u1", "a"), &s), Owner::Ours { same_uid: true });
-        assert_eq!(owner(&k, &mirror("fleetmirror", "src", "old", "a"), &s), Owner::Ours { same_uid: false });
-        assert_eq!(owner(&k, &mirror("kubemirror", "src", "u1", "a"), &s), Owner::Kubemirror);
-        assert_eq!(owner(&k, &mirror("kubemirror", "src", "other-uid", "a"), &s), Owner::Foreign, "another incarnation's kubemirror copy is foreign");
-        assert!(matches!(owner(&k, &mirror("fleetmirror", "elsewhere", "u9", "a"), &s), Owner::OtherSource(_)));
-        assert_eq!(owner(&k, &mirror("someone", "src", "u1", "a"), &s), Owner::Foreign);
-        let plain = Observed { object: json!({"metadata": {"name": "shared"}}) };
+        assert_eq!(
+            owner(&k, &mirror("fleetmirror", "src", "u1", "a"), &s),
+            Owner::Ours { same_uid: true }
+        );
+        assert_eq!(
+            owner(&k, &mirror("fleetmirror", "src", "old", "a"), &s),
+            Owner::Ours { same_uid: false }
+        );
+        assert_eq!(
+            owner(&k, &mirror("kubemirror", "src", "u1", "a"), &s),
+            Owner::Kubemirror
+        );
+        assert_eq!(
+            owner(&k, &mirror("kubemirror", "src", "other-uid", "a"), &s),
+            Owner::Foreign,
+            "another incarnation's kubemirror copy is foreign"
+        );
+        assert!(matches!(
+            owner(&k, &mirror("fleetmirror", "elsewhere", "u9", "a"), &s),
+            Owner::OtherSource(_)
+        ));
+        assert_eq!(
+            owner(&k, &mirror("someone", "src", "u1", "a"), &s),
+            Owner::Foreign
+        );
+        let plain = Observed {
+            object: json!({"metadata": {"name": "shared"}}),
+        };
         assert_eq!(owner(&k, &plain, &s), Owner::Foreign);
         let mut as_source = mirror("fleetmirror", "src", "u1", "a");
-        as_source.object["metadata"]["labels"] = json!({"fleetmirror.io/managed-by": "fleetmirror", "fleetmirror.io/enabled": "true"});
+        as_source.object["metadata"]["labels"] =
+            json!({"fleetmirror.io/managed-by": "fleetmirror", "fleetmirror.io/enabled": "true"});
         as_source.object["metadata"]["annotations"]["fleetmirror.io/sync"] = "true".into();
-        assert_eq!(owner(&k, &as_source, &s), Owner::Foreign, "a source is never a mirror");
+        assert_eq!(
+            owner(&k, &as_source, &s),
+            Owner::Foreign,
+            "a source is never a mirror"
+        );
     }
 
     #[test]
@@ -352,19 +404,57 @@ mod tests {
         let ours = mirror("fleetmirror", "src", "u1", "a");
         // (the observed mirror carries the rendering's labels and annotations)
         assert_eq!(d(Some(&ours), &want("a")), Decision::UpToDate);
-        assert_eq!(d(Some(&ours), &want("b")), Decision::Update { adopt: false });
+        assert_eq!(
+            d(Some(&ours), &want("b")),
+            Decision::Update { adopt: false }
+        );
         let old_incarnation = mirror("fleetmirror", "src", "u0", "a");
-        assert!(matches!(d(Some(&old_incarnation), &want("a")), Decision::Update { .. }), "rewritten for the new incarnation");
-        assert_eq!(d(Some(&mirror("kubemirror", "src", "u1", "a")), &want("a")), Decision::Update { adopt: true });
-        assert!(matches!(d(Some(&mirror("someone", "src", "u1", "a")), &want("a")), Decision::Conflict(_)));
+        assert!(
+            matches!(
+                d(Some(&old_incarnation), &want("a")),
+                Decision::Update { .. }
+            ),
+            "rewritten for the new incarnation"
+        );
+        assert_eq!(
+            d(Some(&mirror("kubemirror", "src", "u1", "a")), &want("a")),
+            Decision::Update { adopt: true }
+        );
+        assert!(matches!(
+            d(Some(&mirror("someone", "src", "u1", "a")), &want("a")),
+            Decision::Conflict(_)
+        ));
         // Two sources: the older owns.
-        let older = SourceRef { namespace: "first".into(), name: "shared".into(), uid: "u0".into() };
-        assert!(matches!(decide(&k, &cm, &s, &want("a"), None, Some(&older), None), Decision::Conflict(_)));
-        assert!(matches!(decide(&k, &cm, &s, &want("a"), Some(&ours), Some(&older), None), Decision::Conflict(_)));
+        let older = SourceRef {
+            namespace: "first".into(),
+            name: "shared".into(),
+            uid: "u0".into(),
+        };
+        assert!(matches!(
+            decide(&k, &cm, &s, &want("a"), None, Some(&older), None),
+            Decision::Conflict(_)
+        ));
+        assert!(matches!(
+            decide(&k, &cm, &s, &want("a"), Some(&ours), Some(&older), None),
+            Decision::Conflict(_)
+        ));
         let younger = mirror("fleetmirror", "later", "u7", "a");
-        assert_eq!(d(Some(&younger), &want("a")), Decision::Update { adopt: false }, "the older takes the slot over");
-        assert!(source("a", "u1", "2026-01-01T00:00:00Z").older_than(&source("b", "u0", "2026-01-02T00:00:00Z")));
-        assert!(source("a", "u0", "1").older_than(&source("b", "u1", "1")), "then by UID");
+        assert_eq!(
+            d(Some(&younger), &want("a")),
+            Decision::Update { adopt: false },
+            "the older takes the slot over"
+        );
+        assert!(
+            source("a", "u1", "2026-01-01T00:00:00Z").older_than(&source(
+                "b",
+                "u0",
+                "2026-01-02T00:00:00Z"
+            ))
+        );
+        assert!(
+            source("a", "u0", "1").older_than(&source("b", "u1", "1")),
+            "then by UID"
+        );
     }
 
     #[test]
@@ -375,22 +465,55 @@ mod tests {
         obs.object["type"] = "kubernetes.io/tls".into();
         let mut w = want("a");
         w["type"] = "Opaque".into();
-        assert!(matches!(decide(&k, &secret, &s, &w, Some(&obs), None, None), Decision::Recreate(_)));
+        assert!(matches!(
+            decide(&k, &secret, &s, &w, Some(&obs), None, None),
+            Decision::Recreate(_)
+        ));
         let mut imm = mirror("fleetmirror", "src", "u1", "a");
         imm.object["immutable"] = true.into();
-        assert!(matches!(decide(&k, &kind("ConfigMap"), &s, &want("b"), Some(&imm), None, None), Decision::Recreate(_)));
+        assert!(matches!(
+            decide(
+                &k,
+                &kind("ConfigMap"),
+                &s,
+                &want("b"),
+                Some(&imm),
+                None,
+                None
+            ),
+            Decision::Recreate(_)
+        ));
         // The server returned `2Gi` for our `2048Mi`: accepted, no second write.
-        let deploy = KindRef { group: "apps".into(), version: "v1".into(), kind: "Deployment".into() };
+        let deploy = KindRef {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: "Deployment".into(),
+        };
         let mut w = want("a");
         w["spec"] = json!({"memory": "2048Mi"});
         let mut got = mirror("fleetmirror", "src", "u1", "a");
         got.object["spec"] = json!({"memory": "2Gi"});
-        assert_eq!(decide(&k, &deploy, &s, &w, Some(&got), None, None), Decision::Update { adopt: false });
-        let acc = Accepted { rendering: hash(&w), result: fingerprint(&got.object) };
-        assert_eq!(decide(&k, &deploy, &s, &w, Some(&got), None, Some(&acc)), Decision::UpToDate);
+        assert_eq!(
+            decide(&k, &deploy, &s, &w, Some(&got), None, None),
+            Decision::Update { adopt: false }
+        );
+        let acc = Accepted {
+            rendering: hash(&w),
+            result: fingerprint(&got.object),
+        };
+        assert_eq!(
+            decide(&k, &deploy, &s, &w, Some(&got), None, Some(&acc)),
+            Decision::UpToDate
+        );
         let mut edited = got.clone();
         edited.object["spec"]["memory"] = "1Gi".into();
-        assert!(matches!(decide(&k, &deploy, &s, &w, Some(&edited), None, Some(&acc)), Decision::Update { .. }), "a later edit is still drift");
+        assert!(
+            matches!(
+                decide(&k, &deploy, &s, &w, Some(&edited), None, Some(&acc)),
+                Decision::Update { .. }
+            ),
+            "a later edit is still drift"
+        );
     }
 
     #[test]
@@ -400,14 +523,21 @@ mod tests {
             object: json!({"metadata": {"resourceVersion": "9", "finalizers": ["x"], "ownerReferences": [{"kind": "A"}]},
                            "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}}),
         };
-        let w = json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
+        let w =
+            json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
         let b = update_body(&svc, &w, &obs);
         assert_eq!(b["metadata"]["resourceVersion"], "9");
         assert_eq!(b["metadata"]["finalizers"], json!(["x"]));
         assert_eq!(b["spec"]["clusterIP"], "10.0.0.9");
         assert_eq!(b["spec"]["ports"][0]["nodePort"], 30080);
         assert!(b["spec"]["ports"][1].get("nodePort").is_none());
-        assert_eq!(mirror_of(&keys(), &mirror("fleetmirror", "src", "u1", "a")), Some(("src".into(), "shared".into())));
-        assert_eq!(mirror_of(&keys(), &mirror("kubemirror", "src", "u1", "a")), None);
+        assert_eq!(
+            mirror_of(&keys(), &mirror("fleetmirror", "src", "u1", "a")),
+            Some(("src".into(), "shared".into()))
+        );
+        assert_eq!(
+            mirror_of(&keys(), &mirror("kubemirror", "src", "u1", "a")),
+            None
+        );
     }
 }
