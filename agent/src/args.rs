@@ -130,11 +130,17 @@ pub struct Args {
 
     /// How binds are made: `auto` (the new mount API where the kernel has it, Linux ≥ 5.12,
     /// else the classic calls) or `classic` (always the classic calls: a bind prepared and made
-    /// a slave in `<root>/.fleetmirror-staging`, then moved to its target). Both are equally
+    /// a slave in a private staging directory (--mount-staging-dir), then moved to its target). Both are equally
     /// safe; `classic` exists for kernels or seccomp profiles that misreport the new API, and
     /// for tests of that path.
     #[arg(long, env = "FLEETMIRROR_MOUNT_API", value_enum, default_value_t = MountApiArg::Auto)]
     pub mount_api: MountApiArg,
+
+    /// Where the classic path prepares binds: a directory that is a mount of its own (the
+    /// DaemonSet gives it an emptyDir), made private by the agent. Unset: a directory
+    /// `.fleetmirror-staging` below the first enabled root, made a private mount of its own.
+    #[arg(long, env = "FLEETMIRROR_MOUNT_STAGING_DIR")]
+    pub mount_staging_dir: Option<PathBuf>,
 
     /// Admin HTTP listen address: /metrics, /livez, /readyz.
     #[arg(long, env = "FLEETMIRROR_ADMIN_ADDR", default_value = ":8081")]

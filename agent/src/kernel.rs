@@ -19,7 +19,8 @@
 //!   staging directory below the first root (`.fleetmirror-staging`), made a slave there, and
 //!   only then moved to the target (`MS_MOVE`); a failed step detaches it at once;
 //! * a bind found already in place but still a peer of kubelet's tree (made by an older agent
-//!   or vcluster-fs-syncer) is made a slave;
+//!   or vcluster-fs-syncer) is detached and bound again as a slave (making it a slave in place
+//!   would leave the host's propagated copy a peer);
 //! * unmounts are lazy (`MNT_DETACH`) and made through a descriptor opened without following
 //!   any symlink, so no path component can be swapped between the check and the unmount.
 
@@ -27,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleetmirror_core::plan::Target;
 use nix::errno::Errno;
@@ -75,9 +77,10 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     fn ensure_dir(&self, target: &Target) -> Result<(), KernelError>;
     /// Recursively bind-mounts `source` at `target` (creating it), as a slave.
     fn bind(&self, source: &Target, target: &Target) -> Result<(), KernelError>;
-    /// Makes the mount at `target` (and what is below it) a slave: a bind an older agent or
-    /// vcluster-fs-syncer made as a peer of kubelet's tree stops propagating back into it.
-    fn make_slave(&self, target: &Target) -> Result<(), KernelError>;
+    /// Replaces the bind at `target` with a fresh slave bind of `source`: a bind an older
+    /// agent or vcluster-fs-syncer made as a peer of kubelet's tree is detached (the detach
+    /// reaches the host's copy through the shared root) and bound again, one-way.
+    fn rebind(&self, source: &Target, target: &Target) -> Result<(), KernelError>;
     /// Lazily unmounts `target`, then removes its directory if empty.
     fn unmount(&self, target: &Target) -> Result<(), KernelError>;
 }
@@ -100,35 +103,71 @@ pub const STAGING_DIR: &str = ".fleetmirror-staging";
 #[derive(Debug, Default)]
 pub struct LinuxKernel {
     api: MountApi,
-    /// Where the classic path stages binds: `<root>/.fleetmirror-staging`, made a private
-    /// mount the first time it is needed. `None`: bind in place (tests of the bare sequence).
-    staging_root: Option<PathBuf>,
-    staged: Mutex<u64>,
+    /// Where the classic path prepares binds: a directory that is a private mount (an
+    /// emptyDir in the DaemonSet), or `<root>/.fleetmirror-staging` made one. `None`: bind in
+    /// place (tests of the bare sequence only).
+    staging: Option<Staging>,
+    /// The staging directory is known to be a private mount.
+    staging_ready: AtomicBool,
+}
+
+/// Where classic binds are prepared.
+#[derive(Debug, Clone)]
+pub enum Staging {
+    /// A directory that is already a private mount (`--mount-staging-dir`).
+    Dir(PathBuf),
+    /// `<root>/.fleetmirror-staging`, made a private mount of its own when first needed.
+    UnderRoot(PathBuf),
+}
+
+impl Staging {
+    fn target(&self) -> Target {
+        match self {
+            Staging::Dir(d) => Target {
+                root: d.clone(),
+                components: vec![],
+            },
+            Staging::UnderRoot(r) => Target {
+                root: r.clone(),
+                components: vec![STAGING_DIR.into()],
+            },
+        }
+    }
 }
 
 impl LinuxKernel {
-    /// A kernel using `api`, staging classic binds below `staging_root` (the root of an
-    /// enabled layout).
-    pub fn new(api: MountApi, staging_root: Option<PathBuf>) -> Self {
+    /// A kernel using `api`, preparing classic binds in `staging`. `MountApi::Classic` also
+    /// opens paths the way kernels without `openat2` must (what tests of the oldest path need).
+    pub fn new(api: MountApi, staging: Option<Staging>) -> Self {
+        if api == MountApi::Classic {
+            LEGACY_OPEN.store(true, Ordering::Relaxed);
+        }
         Self {
             api,
-            staging_root,
-            staged: Mutex::new(0),
+            staging,
+            staging_ready: AtomicBool::new(false),
         }
     }
 
-    /// The staging directory, a private mount of its own (created and made so if needed): a
-    /// bind made below it propagates nowhere, whatever the propagation of the root.
-    fn staging(&self, root: &Path) -> Result<OwnedFd, KernelError> {
-        let dir = Target {
-            root: root.to_path_buf(),
-            components: vec![STAGING_DIR.into()],
-        };
+    /// The staging directory, a private mount (made so, the first time, for one under a
+    /// root): a bind made below it propagates nowhere.
+    fn staging(&self, staging: &Staging) -> Result<OwnedFd, KernelError> {
+        let dir = staging.target();
         let fd = open_target(&dir, true)?;
+        if self.staging_ready.load(Ordering::Relaxed) {
+            return Ok(fd);
+        }
         let path = dir.path();
         let table = fleetmirror_core::mountinfo::MountTable::parse_bytes(&self.mountinfo()?);
-        let is_mount = table.at(&path).is_some();
+        let is_mount = table.at(&path).is_some_and(|e| e.mount_point == path);
         if !is_mount {
+            if let Staging::Dir(_) = staging {
+                return Err(KernelError::Sys {
+                    op: "staging",
+                    path,
+                    errno: Errno::ENOTBLK,
+                });
+            }
             nix::mount::mount(
                 Some(&fd_path(&fd)),
                 &fd_path(&fd),
@@ -139,10 +178,8 @@ impl LinuxKernel {
             .map_err(sys("mount", &path))?;
         }
         let fd = open_target(&dir, false)?;
-        let private = table
-            .at(&path)
-            .is_some_and(|e| !e.optional.iter().any(|o| o.starts_with("shared:")));
-        if !is_mount || !private {
+        let shared = table.at(&path).is_some_and(|e| e.is_shared());
+        if !is_mount || shared {
             nix::mount::mount(
                 None::<&str>,
                 &fd_path(&fd),
@@ -152,6 +189,7 @@ impl LinuxKernel {
             )
             .map_err(sys("make-private", &path))?;
         }
+        self.staging_ready.store(true, Ordering::Relaxed);
         Ok(fd)
     }
 
@@ -165,7 +203,7 @@ impl LinuxKernel {
         dst: &OwnedFd,
         target: &Target,
     ) -> Result<(), KernelError> {
-        let Some(root) = &self.staging_root else {
+        let Some(staging_spec) = &self.staging else {
             let mut steps = InPlace {
                 src,
                 dst,
@@ -174,19 +212,24 @@ impl LinuxKernel {
             };
             return classic_sequence(&mut steps);
         };
-        let staging = self.staging(root)?;
-        let name = {
-            let mut n = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            format!("{}-{}", std::process::id(), *n)
+        let staging = match self.staging(staging_spec) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Checked again next time: someone may have unmounted it.
+                self.staging_ready.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
         };
-        let stage = Target {
-            root: root.clone(),
-            components: vec![STAGING_DIR.into(), name.clone()],
-        };
+        // A random name: two agents (an old one still draining, a new one) never share one.
+        let name = format!("{:016x}", rand::random::<u64>());
+        let mut stage = staging_spec.target();
+        stage.components.push(name.clone());
         match nix::sys::stat::mkdirat(&staging, name.as_str(), Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(sys("mkdir", &stage.path())(e)),
+            Err(e) => {
+                self.staging_ready.store(false, Ordering::Relaxed);
+                return Err(sys("mkdir", &stage.path())(e));
+            }
         }
         let stage_fd = open_target(&stage, false)?;
         let mut steps = Staged {
@@ -204,6 +247,9 @@ impl LinuxKernel {
             name.as_str(),
             nix::unistd::UnlinkatFlags::RemoveDir,
         );
+        if result.is_err() {
+            self.staging_ready.store(false, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -362,6 +408,36 @@ fn open_root(root: &Path) -> Result<OwnedFd, KernelError> {
     .map_err(sys("open", root))
 }
 
+/// Set when `openat2(2)` is unavailable (kernels before 5.6), or by `--mount-api classic`.
+static LEGACY_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// Opens one component below `dir`, never following a symlink: `openat2` with
+/// `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`, or, where the kernel has no `openat2`,
+/// `openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)` — as safe here, since every component is one
+/// validated name (never `/`, `.` or `..`) and a symlink fails with ENOTDIR.
+fn open_component(dir: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Errno::EXDEV);
+    }
+    if !LEGACY_OPEN.load(Ordering::Relaxed) {
+        match openat2(dir, name, open_dir_how()) {
+            Err(Errno::ENOSYS) => {
+                LEGACY_OPEN.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "openat2 is not available (a kernel before 5.6): opening paths one component at a time with O_NOFOLLOW"
+                );
+            }
+            other => return other,
+        }
+    }
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// Opens `target` component by component below its root, creating missing directories when
 /// `create`; never follows a symlink.
 fn open_target(target: &Target, create: bool) -> Result<OwnedFd, KernelError> {
@@ -369,13 +445,13 @@ fn open_target(target: &Target, create: bool) -> Result<OwnedFd, KernelError> {
     let mut path = target.root.clone();
     for c in &target.components {
         path.push(c);
-        let next = match openat2(&fd, c.as_str(), open_dir_how()) {
+        let next = match open_component(&fd, c) {
             Err(Errno::ENOENT) if create => {
                 match nix::sys::stat::mkdirat(&fd, c.as_str(), Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(sys("mkdir", &path)(e)),
                 }
-                openat2(&fd, c.as_str(), open_dir_how())
+                open_component(&fd, c)
             }
             other => other,
         };
@@ -423,7 +499,13 @@ impl Kernel for LinuxKernel {
             Err(e) => return Err(sys("open_tree", &source.path())(e)),
         };
         match make_slave(&tree) {
-            Ok(()) => attach(tree, &dst).map_err(sys("mount", &target_path)),
+            Ok(()) => match attach(tree, &dst) {
+                Ok(()) => Ok(()),
+                // A seccomp profile that allows the first calls but not move_mount: the
+                // dropped tree is dissolved, and the classic sequence does it.
+                Err(e) if unavailable(e) => self.classic_bind(&src, &dst, target),
+                Err(e) => Err(sys("mount", &target_path)(e)),
+            },
             Err(e) if unavailable(e) => {
                 drop(tree);
                 self.classic_bind(&src, &dst, target)
@@ -432,9 +514,14 @@ impl Kernel for LinuxKernel {
         }
     }
 
-    fn make_slave(&self, target: &Target) -> Result<(), KernelError> {
+    fn rebind(&self, source: &Target, target: &Target) -> Result<(), KernelError> {
+        // The source first: a pod directory that vanished keeps its (garbage) bind for GC.
+        drop(open_target(source, false)?);
         let mounted = open_target(target, false)?;
-        slave_fd(&mounted, &target.path())
+        nix::mount::umount2(&fd_path(&mounted), MntFlags::MNT_DETACH)
+            .map_err(sys("umount", &target.path()))?;
+        drop(mounted);
+        self.bind(source, target)
     }
 
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {
@@ -469,8 +556,8 @@ pub enum Call {
     Bind(PathBuf, PathBuf),
     /// `unmount`.
     Unmount(PathBuf),
-    /// `make_slave`.
-    MakeSlave(PathBuf),
+    /// `rebind(source, target)`.
+    Rebind(PathBuf, PathBuf),
 }
 
 #[derive(Debug, Default)]
@@ -578,11 +665,14 @@ impl Kernel for RecordingKernel {
         Ok(())
     }
 
-    fn make_slave(&self, target: &Target) -> Result<(), KernelError> {
+    fn rebind(&self, source: &Target, target: &Target) -> Result<(), KernelError> {
         let mut s = self.lock();
-        let path = target.path();
-        s.calls.push(Call::MakeSlave(path.clone()));
-        self.check(&s, &path)
+        let (src, dst) = (source.path(), target.path());
+        s.calls.push(Call::Rebind(src.clone(), dst.clone()));
+        self.check(&s, &dst)?;
+        s.mounts.retain(|(t, _)| *t != dst);
+        s.mounts.push((dst, src));
+        Ok(())
     }
 
     fn unmount(&self, target: &Target) -> Result<(), KernelError> {

@@ -7,7 +7,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetmirror_agent::args::{Args, Layout};
-use fleetmirror_agent::kernel::LinuxKernel;
+use fleetmirror_agent::kernel::{LinuxKernel, Staging};
 use fleetmirror_agent::metrics::Metrics;
 use fleetmirror_agent::node::{NodeConfig, NodeReconciler};
 use fleetmirror_agent::reporter::Reporter;
@@ -116,8 +116,9 @@ fn aggregator_tls(args: &Args) -> anyhow::Result<Option<tonic::transport::Client
 }
 
 /// Refuses to start for a node that does not exist: with a wrong `--node-name` the pod watch
-/// would see no pods, and every mount on the node would look like garbage. Transient errors
-/// are retried for about half a minute; a missing Node or missing RBAC is an error at once.
+/// would see no pods, and every mount on the node would look like garbage. A missing Node or
+/// missing RBAC is an error at once; anything else (an API server still starting, a network
+/// not yet up) is retried with backoff for as long as it lasts, logged, without a restart.
 async fn check_node(
     client: &kube::Client,
     name: &str,
@@ -125,9 +126,7 @@ async fn check_node(
 ) -> anyhow::Result<()> {
     let api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
     let mut delay = std::time::Duration::from_millis(500);
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         match api.get_opt(name).await {
             Ok(Some(_)) => return Ok(()),
             Ok(None) => bail!(
@@ -139,15 +138,14 @@ async fn check_node(
                 "may not read Node {name:?} ({}): the agent's ClusterRole needs get on nodes",
                 s.message
             ),
-            Err(e) if attempt < 7 => {
+            Err(e) => {
                 tracing::warn!(node = name, error = %e, retry_in = ?delay, "cannot read this node's Node object yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => bail!("shut down before the node could be checked"),
                 }
-                delay = (delay * 2).min(std::time::Duration::from_secs(8));
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
             }
-            Err(e) => return Err(e).with_context(|| format!("reading Node {name:?}")),
         }
     }
 }
@@ -160,7 +158,6 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
     let metrics = Metrics::register(&mut registry);
     let readiness = admin::Readiness::default();
     let clients = kubeconfig::clients(args.common.kubeconfig.as_deref()).await?;
-    check_node(&clients.requests, &args.node_name, &token).await?;
     let watches = Watches::new(
         clients.watches.clone(),
         tasks.clone(),
@@ -168,19 +165,35 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
         &mut registry,
         WATCH_GRACE,
     );
+    // Not ready until the node is checked and the first pass is done; the admin server runs
+    // from the start, so /livez answers while the API server is still unreachable.
+    let checked = readiness.register("node-check");
+    tasks.spawn("admin server", {
+        let (readiness, token) = (readiness.clone(), token.clone());
+        async move {
+            admin::serve(admin_addr, registry, readiness, token)
+                .await
+                .map_err(Into::into)
+        }
+    });
+    check_node(&clients.requests, &args.node_name, &token).await?;
+    checked.set(true);
     // The node reconciler publishes the node's state here after every pass.
     let (state_tx, state_rx) = tokio::sync::watch::channel(None::<NodeState>);
-    // Classic binds are prepared below the first root the agent owns.
+    // Classic binds are prepared in --mount-staging-dir, else below the first owned root.
     let layouts: Vec<_> = args.mount_layout.iter().map(|l| l.core()).collect();
     let roots = Roots {
         kubelet: args.kubelet_root.clone(),
         loft: args.loft_root.clone(),
         vcluster_hostpath: args.vcluster_hostpath_root.clone(),
     };
-    let staging_root = roots
-        .owned(&layouts)
-        .next()
-        .map(std::path::Path::to_path_buf);
+    let staging = match &args.mount_staging_dir {
+        Some(dir) => Some(Staging::Dir(dir.clone())),
+        None => roots
+            .owned(&layouts)
+            .next()
+            .map(|r| Staging::UnderRoot(r.to_path_buf())),
+    };
     let reconciler = NodeReconciler::new(
         NodeConfig {
             node_name: args.node_name.clone(),
@@ -188,7 +201,7 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
             layouts,
             resync: args.resync_interval,
         },
-        std::sync::Arc::new(LinuxKernel::new(args.mount_api.kernel(), staging_root)),
+        std::sync::Arc::new(LinuxKernel::new(args.mount_api.kernel(), staging)),
         metrics.clone(),
     );
 
@@ -196,14 +209,6 @@ async fn run(args: Args, admin_addr: std::net::SocketAddr) -> anyhow::Result<()>
         let (ready, token) = (readiness.register("node-reconciler"), token.clone());
         async move {
             fleetmirror_agent::node::run(watches, reconciler, state_tx, ready, token)
-                .await
-                .map_err(Into::into)
-        }
-    });
-    tasks.spawn("admin server", {
-        let token = token.clone();
-        async move {
-            admin::serve(admin_addr, registry, readiness, token)
                 .await
                 .map_err(Into::into)
         }

@@ -266,16 +266,25 @@ impl<K: Kernel> NodeReconciler<K> {
                         }
                     }
                 }
-                Action::MakeSlave(target) => {
+                Action::Rebind {
+                    source,
+                    target,
+                    host_uid,
+                } => {
                     let path = target.path();
-                    match self.kernel.make_slave(target) {
+                    let src = Target {
+                        root: self.config.roots.kubelet.clone(),
+                        components: vec!["pods".into(), host_uid.clone()],
+                    };
+                    match self.kernel.rebind(&src, target) {
                         Ok(()) => {
-                            tracing::info!(target = %path.display(), "an adopted bind was a peer of kubelet's tree; made it a slave")
+                            tracing::info!(source = %source.display(), target = %path.display(), "an adopted bind was a peer of kubelet's tree; bound it again as a slave")
                         }
                         Err(e) => {
                             self.metrics.mount_error(e.category());
-                            tracing::warn!(target = %path.display(), error = %e, "could not make an adopted bind a slave");
-                            errors.push(format!("making {} a slave: {e}", path.display()));
+                            tracing::warn!(target = %path.display(), error = %e, "could not bind an adopted peer bind again as a slave");
+                            errors
+                                .push(format!("binding {} again as a slave: {e}", path.display()));
                         }
                     }
                 }

@@ -109,7 +109,7 @@ pub struct Reporter {
 }
 
 /// How long opening a stream (connect aside) may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 

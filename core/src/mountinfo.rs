@@ -32,6 +32,11 @@ impl MountEntry {
         self.optional.iter().any(|o| o.starts_with("shared:"))
     }
 
+    /// The peer group the mount belongs to (`shared:N`), if it is shared.
+    pub fn peer_group(&self) -> Option<&str> {
+        self.optional.iter().find_map(|o| o.strip_prefix("shared:"))
+    }
+
     /// True when the mount is a slave of a peer group (`master:N`).
     pub fn is_slave(&self) -> bool {
         self.optional.iter().any(|o| o.starts_with("master:"))

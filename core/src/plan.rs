@@ -225,10 +225,19 @@ pub enum Action {
         /// For log lines and reports.
         host_uid: String,
     },
-    /// Make the bind at `target` a slave: it is in place and of the right source, but still a
-    /// peer of kubelet's tree (made by an older agent, or by vcluster-fs-syncer), so mounts made
-    /// in it would propagate back into the pod directory.
-    MakeSlave(Target),
+    /// Replace the bind at `target` with a slave bind of `source`: it is in place and of the
+    /// right source, but still a peer of kubelet's tree (made by an older agent, or by
+    /// vcluster-fs-syncer), so mounts made in it would propagate back into the pod directory.
+    /// Making it a slave in place would not do: only the agent's copy would change, while the
+    /// host's copy of it (propagated through the shared root) stayed a peer.
+    Rebind {
+        /// `<kubelet>/pods/<hostUID>`.
+        source: PathBuf,
+        /// The target.
+        target: Target,
+        /// For log lines.
+        host_uid: String,
+    },
     /// Unmount `target` lazily and remove the directory if it is empty.
     Unmount {
         /// The mount point.
@@ -262,6 +271,15 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Host UID → one entry per enabled layout.
     pub pods: BTreeMap<String, Vec<MountPlan>>,
+}
+
+/// True when the bind at `target` is in the peer group of the mount holding `source` (and no
+/// slave): a mount made in it would appear in kubelet's tree.
+fn is_peer_of_kubelets_tree(mounts: &MountTable, target: &Path, source: &Path) -> bool {
+    let (Some(bind), Some(kubelet)) = (mounts.at(target), mounts.containing(source)) else {
+        return false;
+    };
+    !bind.is_slave() && bind.peer_group().is_some() && bind.peer_group() == kubelet.peer_group()
 }
 
 /// Plans one reconcile pass.
@@ -311,12 +329,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         target: t.clone(),
                         host_uid: pod.host_uid.clone(),
                     });
-                } else if input
-                    .mounts
-                    .at(&path)
-                    .is_some_and(|e| e.is_shared() && !e.is_slave())
-                {
-                    out.actions.push(Action::MakeSlave(t.clone()));
+                } else if is_peer_of_kubelets_tree(
+                    input.mounts,
+                    &path,
+                    &pods_dir.join(&pod.host_uid),
+                ) {
+                    out.actions.push(Action::Rebind {
+                        source: pods_dir.join(&pod.host_uid),
+                        target: t.clone(),
+                        host_uid: pod.host_uid.clone(),
+                    });
                 }
             }
             states.push(MountPlan {
@@ -767,12 +789,14 @@ mod tests {
     }
 
     #[test]
-    fn an_adopted_bind_that_is_a_peer_of_kubelets_tree_is_made_a_slave() {
+    fn an_adopted_bind_that_is_a_peer_of_kubelets_tree_is_rebound_as_a_slave() {
         let t = target(&roots(), Layout::Loft, "team-a", "vc", V1);
-        for (optional, make_slave) in [
-            ("shared:7", true),
-            ("shared:9 master:7", false),
-            ("master:7", false),
+        // BASE: the root filesystem, holding /k/pods, is in peer group 1.
+        for (optional, rebind) in [
+            ("shared:1", true),
+            ("shared:7", false),
+            ("shared:9 master:1", false),
+            ("master:1", false),
             ("", false),
         ] {
             let mounts = format!(
@@ -786,8 +810,12 @@ mod tests {
                 &mounts,
             );
             assert_eq!(p.pods[U1][0].phase, Phase::Mounted);
-            let want = if make_slave {
-                vec![Action::MakeSlave(t.clone())]
+            let want = if rebind {
+                vec![Action::Rebind {
+                    source: PathBuf::from(format!("/k/pods/{U1}")),
+                    target: t.clone(),
+                    host_uid: U1.into(),
+                }]
             } else {
                 vec![]
             };

@@ -327,9 +327,19 @@ impl PodProcess {
                     write_file(&dir.join(path), &value.0);
                 }
                 dir
+            } else if let Some(empty) = &volume.empty_dir {
+                // As kubelet: a directory of the pod's own, bound in privately.
+                assert!(
+                    empty.medium.as_deref().is_none_or(str::is_empty),
+                    "emptyDir medium {:?} is not supported here",
+                    empty.medium
+                );
+                let dir = dir.join(format!("volume-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
             } else {
                 panic!(
-                    "volume {}: only hostPath, projected and secret are supported",
+                    "volume {}: only hostPath, projected, secret and emptyDir are supported",
                     m.name
                 )
             };

@@ -119,6 +119,15 @@ async fn agent_runs(label: &str, spec: &PodSpec, layouts: &[&str], reach_host: b
                 (std::fs::read_to_string(&on_host).ok()? == hello).then_some(())
             })
             .await;
+            // One-way on the host too: a slave, never a peer of kubelet's tree.
+            let table = node.mounts();
+            let kubelet = table.containing(&node.kubelet_root.join("pods")).unwrap();
+            let bind = table.at(&target).unwrap();
+            assert!(
+                bind.is_slave() && bind.peer_group() != kubelet.peer_group(),
+                "{what}, on the host: {:?}",
+                bind.optional
+            );
         } else {
             // Propagation is synchronous: had it been set up, the host would see it already.
             assert!(
@@ -152,6 +161,23 @@ async fn agent_runs(label: &str, spec: &PodSpec, layouts: &[&str], reach_host: b
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_of_install_yaml_runs_with_a_read_only_root() {
     agent_as_rendered(Rendered::install_yaml(), &["loft"]).await;
+}
+
+/// Kernels before 5.12 (no `mount_setattr`, no `openat2`): the classic calls, with binds
+/// prepared in the DaemonSet's staging emptyDir, reach the host as slaves just the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_of_install_yaml_runs_on_kernels_before_5_12() {
+    let rendered = Rendered::install_yaml();
+    let mut spec = rendered.pod_spec("DaemonSet", "fleetmirror-agent");
+    spec.containers[0]
+        .env
+        .get_or_insert_default()
+        .push(k8s_openapi::api::core::v1::EnvVar {
+            name: "FLEETMIRROR_MOUNT_API".into(),
+            value: Some("classic".into()),
+            ..Default::default()
+        });
+    agent_runs("install.yaml, classic mount calls", &spec, &["loft"], true).await;
 }
 
 /// The test above can fail: the same DaemonSet with `HostToContainer` instead of

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fleetmirror_agent::kernel::{Kernel, KernelError, LinuxKernel, MountApi, STAGING_DIR};
+use fleetmirror_agent::kernel::{Kernel, KernelError, LinuxKernel, MountApi, STAGING_DIR, Staging};
 use fleetmirror_core::mountinfo::MountTable;
 use fleetmirror_core::plan::Target;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -172,7 +172,7 @@ impl Node {
     /// The kernel layer with `api`; the classic path stages below the loft root, as the agent
     /// does with the first root of its enabled layouts.
     fn kernel(&self, api: MountApi) -> LinuxKernel {
-        LinuxKernel::new(api, Some(self.loft.clone()))
+        LinuxKernel::new(api, Some(Staging::UnderRoot(self.loft.clone())))
     }
 }
 
@@ -355,16 +355,40 @@ fn propagated_copy_one_way(api: MountApi) {
 }
 
 /// A bind already in place but still a peer of kubelet's tree (an older agent's, or
-/// vcluster-fs-syncer's `mount --bind` from the rshared kubelet root) becomes a slave.
+/// vcluster-fs-syncer's `mount --bind` from the rshared kubelet root) is bound again as a
+/// slave — in the agent's view and in the host's copy of it, which making the agent's copy a
+/// slave in place would leave a peer.
 #[test]
-fn a_shared_adopted_bind_is_made_a_slave() {
-    if !inside_private_mount_namespace("a_shared_adopted_bind_is_made_a_slave") {
-        return;
+fn a_shared_adopted_bind_is_bound_again_as_a_slave() {
+    if inside_private_mount_namespace("a_shared_adopted_bind_is_bound_again_as_a_slave") {
+        adopted_peer_rebound(MountApi::Auto);
     }
+}
+
+#[test]
+fn a_shared_adopted_bind_is_bound_again_as_a_slave_classic() {
+    if inside_private_mount_namespace("a_shared_adopted_bind_is_bound_again_as_a_slave_classic") {
+        adopted_peer_rebound(MountApi::Classic);
+    }
+}
+
+fn adopted_peer_rebound(api: MountApi) {
     let node = Node::new();
+    shared_bind_of_itself(&node.loft);
+    let host_loft = node.base.join("host-loft");
+    std::fs::create_dir_all(&host_loft).unwrap();
+    mount(
+        Some(&node.loft),
+        &host_loft,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
     let (src, dst) = (node.source(), node.target("vc"));
-    let k = node.kernel(MountApi::Auto);
+    let k = node.kernel(api);
     k.ensure_dir(&dst).unwrap();
+    // What an older agent did: a plain recursive bind, a peer of kubelet's tree.
     mount(
         Some(&src.path()),
         &dst.path(),
@@ -373,18 +397,69 @@ fn a_shared_adopted_bind_is_made_a_slave() {
         None::<&str>,
     )
     .unwrap();
-    let before = node.table().at(&dst.path()).cloned().unwrap();
+    let host_copy = host_loft.join(dst.path().strip_prefix(&node.loft).unwrap());
+    let kubelet = node.table().containing(&src.path()).cloned().unwrap();
+    for view in [&dst.path(), &host_copy] {
+        let before = node.table().at(view).cloned().unwrap();
+        assert!(
+            !before.is_slave() && before.peer_group() == kubelet.peer_group(),
+            "{view:?}: {:?}",
+            before.optional
+        );
+    }
+
+    k.rebind(&src, &dst).unwrap();
+    for view in [&dst.path(), &host_copy] {
+        let after = node.table().at(view).cloned().unwrap();
+        assert!(
+            after.is_slave() && after.peer_group() != kubelet.peer_group(),
+            "{view:?}: {:?}",
+            after.optional
+        );
+        assert_eq!(
+            std::fs::read_to_string(view.join("hello")).unwrap(),
+            "from the pod"
+        );
+    }
+    assert_one_way(&src.path(), &dst.path());
+    assert_one_way(&src.path(), &host_copy);
+}
+
+/// The DaemonSet's staging directory is an emptyDir (--mount-staging-dir): a mount of its own,
+/// possibly shared (a node whose kubelet root is rshared), which the agent makes private before
+/// the first bind; a directory that is no mount is refused rather than made one.
+#[test]
+fn classic_binds_are_prepared_in_a_given_staging_mount() {
+    if !inside_private_mount_namespace("classic_binds_are_prepared_in_a_given_staging_mount") {
+        return;
+    }
+    let node = Node::new();
+    shared_bind_of_itself(&node.loft);
+    let plain = node.base.join("not-a-mount");
+    std::fs::create_dir_all(&plain).unwrap();
+    let k = LinuxKernel::new(MountApi::Classic, Some(Staging::Dir(plain.clone())));
+    let (src, dst) = (node.source(), node.target("vc"));
+    let refused = k.bind(&src, &dst).unwrap_err();
     assert!(
-        before.is_shared() && !before.is_slave(),
-        "{:?}",
-        before.optional
+        matches!(&refused, KernelError::Sys { op: "staging", .. }),
+        "{refused}"
     );
-    k.make_slave(&dst).unwrap();
-    let after = node.table().at(&dst.path()).cloned().unwrap();
-    assert!(
-        after.is_slave() && !after.is_shared(),
-        "{:?}",
-        after.optional
+    assert!(node.table().at(&dst.path()).is_none());
+
+    let staging = node.base.join("staging");
+    shared_bind_of_itself(&{
+        std::fs::create_dir_all(&staging).unwrap();
+        staging.clone()
+    });
+    let k = LinuxKernel::new(MountApi::Classic, Some(Staging::Dir(staging.clone())));
+    k.bind(&src, &dst).unwrap();
+    let table = node.table();
+    assert!(table.at(&staging).is_some_and(|e| !e.is_shared()));
+    assert!(table.at(&dst.path()).is_some_and(|e| e.is_slave()));
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "the staging directory is left empty"
     );
     assert_one_way(&src.path(), &dst.path());
 }
