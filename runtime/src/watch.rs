@@ -49,21 +49,73 @@ struct WatchState {
 }
 
 impl WatchState {
-    /// Failing for longer than `grace` at `now`. A failing watch retries at least every
-    /// [`WATCH_BACKOFF_MAX`] (+ jitter) and each retry that fails is recorded; one with no
-    /// error for longer than that has recovered, even if the watch yielded nothing (a re-watch
-    /// that succeeds without a relist yields no event).
+    /// Failing for longer than `grace` at `now`. Only evidence ends a failure: an item from
+    /// the watch, or a successful probe (see [`PROBE_QUIET`]); silence does not, since a
+    /// request that hangs is silent too.
     fn failing(&self, grace: Duration, now: Instant) -> bool {
-        let (Some(since), Some(last)) = (self.failing_since, self.last_error_at) else {
-            return false;
-        };
-        now.saturating_duration_since(since) > grace
-            && now.saturating_duration_since(last) <= RECOVERED_AFTER
+        self.failing_since
+            .is_some_and(|since| now.saturating_duration_since(since) > grace)
+    }
+
+    /// Due for a probe at `now`: failing, and no error for longer than the slowest retry.
+    fn probe_due(&self, now: Instant) -> bool {
+        self.failing_since.is_some()
+            && self
+                .last_error_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_QUIET)
     }
 }
 
-/// A failing watch with no error for this long has recovered.
-const RECOVERED_AFTER: Duration = Duration::from_secs(17);
+/// A failing watch that has not reported an error for this long (longer than the slowest
+/// retry, [`WATCH_BACKOFF_MAX`] + jitter) is either working again without a word (a re-watch
+/// that succeeds without a relist yields no event) or hanging. A probe — a list of at most one
+/// object and a one-second watch, with the watch's own selectors — tells which: its success
+/// ends the failure, its error is recorded as the watch's.
+const PROBE_QUIET: Duration = Duration::from_secs(13);
+
+/// How often a quiet failing watch is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Lists at most one object and watches for a second, as the watch would (its selectors):
+/// succeeds when the API server answers and RBAC allows both.
+type Probe =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), kube::Error>> + Send + Sync>;
+
+fn probe_of<K>(api: Api<K>, config: &watcher::Config) -> Probe
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let list = kube::api::ListParams {
+        label_selector: config.label_selector.clone(),
+        field_selector: config.field_selector.clone(),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let watch = kube::api::WatchParams {
+        label_selector: config.label_selector.clone(),
+        field_selector: config.field_selector.clone(),
+        timeout: Some(1),
+        ..Default::default()
+    };
+    Arc::new(move || {
+        let (api, list, watch) = (api.clone(), list.clone(), watch.clone());
+        Box::pin(async move {
+            let listed = api.list_metadata(&list).await?;
+            let version = listed.metadata.resource_version.unwrap_or_default();
+            let events = api.watch_metadata(&watch, &version).await?;
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                if let kube::api::WatchEvent::Error(e) = event? {
+                    // An expired version (410) still proves the watch is allowed.
+                    if e.code != 410 {
+                        return Err(kube::Error::Api(e));
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabel {
@@ -147,8 +199,9 @@ impl Watches {
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (store, writer) = reflector::store::<K>();
+        let probe = probe_of(api.clone(), &config);
         let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
-        self.drive(stream, trigger, name);
+        self.drive(stream, probe, trigger, name);
         store
     }
 
@@ -192,13 +245,15 @@ impl Watches {
         };
         let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let store = writer.as_reader();
+        let probe = probe_of(api.clone(), &config);
         let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
-        self.drive(stream, trigger, name);
+        self.drive(stream, probe, trigger, name);
         store
     }
 
-    /// Runs `stream` as a supervised task: events notify `trigger`, errors are recorded.
-    fn drive<S, T>(&self, stream: S, trigger: &Arc<Notify>, name: &str)
+    /// Runs `stream` as a supervised task: events notify `trigger`, errors are recorded, and a
+    /// failing watch gone quiet is probed.
+    fn drive<S, T>(&self, stream: S, probe: Probe, trigger: &Arc<Notify>, name: &str)
     where
         S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
         T: Send,
@@ -219,14 +274,13 @@ impl Watches {
         let stream = stream.backoff(WatchBackoff::default());
         self.tasks.spawn("watch", async move {
             let mut stream = std::pin::pin!(stream);
+            let mut probes = tokio::time::interval(PROBE_EVERY);
+            probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     item = stream.next() => match item {
                         Some(Ok(_)) => {
-                            if let Some(s) = lock(&states).get_mut(&name)
-                                && s.failing_since.take().is_some()
-                            {
-                                s.last_error_at = None;
+                            if recovered(&states, &name) {
                                 tracing::info!(watch = %name, "watch recovered");
                             }
                             trigger.notify_one();
@@ -234,23 +288,39 @@ impl Watches {
                         Some(Err(error)) => {
                             errors.get_or_create(&WatchLabel { watch: name.clone() }).inc();
                             tracing::warn!(watch = %name, %error, "watch failed; retrying with backoff");
-                            {
-                                let mut all = lock(&states);
-                                let s = all.entry(name.clone()).or_default();
-                                let now = Instant::now();
-                                if s.last_error_at.is_none_or(|t| now.saturating_duration_since(t) > RECOVERED_AFTER) {
-                                    // A new failure (or the first after a silent recovery).
-                                    s.failing_since = Some(now);
-                                    s.failing_since_wall = Some(std::time::SystemTime::now());
-                                    s.first_error = error.to_string();
-                                }
-                                s.last_error_at = Some(now);
-                                s.error = error.to_string();
-                            }
+                            record_error(&states, &name, &error.to_string());
                             trigger.notify_one();
                         }
                         None => return Ok(()),
                     },
+                    _ = probes.tick() => {
+                        let due = lock(&states).get(&name).is_some_and(|s| s.probe_due(Instant::now()));
+                        if !due {
+                            continue;
+                        }
+                        let result = tokio::select! {
+                            r = tokio::time::timeout(PROBE_QUIET, probe()) => r,
+                            _ = shutdown.cancelled() => return Ok(()),
+                        };
+                        match result {
+                            Ok(Ok(())) => {
+                                if recovered(&states, &name) {
+                                    tracing::info!(watch = %name, "watch recovered (a probe list and watch succeeded)");
+                                }
+                            }
+                            Ok(Err(error)) => {
+                                errors.get_or_create(&WatchLabel { watch: name.clone() }).inc();
+                                tracing::warn!(watch = %name, %error, "watch still failing (probe)");
+                                record_error(&states, &name, &error.to_string());
+                            }
+                            Err(_) => {
+                                errors.get_or_create(&WatchLabel { watch: name.clone() }).inc();
+                                tracing::warn!(watch = %name, "watch still failing (probe timed out)");
+                                record_error(&states, &name, "the API server did not answer a probe in time");
+                            }
+                        }
+                        trigger.notify_one();
+                    }
                     _ = shutdown.cancelled() => return Ok(()),
                 }
             }
@@ -283,22 +353,40 @@ impl Watches {
     }
 
     /// When a watch's state next changes for [`Watches::failing`] without any event: one now
-    /// failing crossing the grace period, or one failing going quiet long enough to count as
-    /// recovered (a controller wakes up then).
+    /// failing crossing the grace period (a controller wakes up then). Recoveries notify the
+    /// watch's trigger.
     pub fn next_failure_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         lock(&self.states)
             .values()
-            .flat_map(|s| {
-                [
-                    s.failing_since.map(|t| t + self.grace),
-                    s.last_error_at.map(|t| t + RECOVERED_AFTER),
-                ]
-            })
-            .flatten()
+            .filter_map(|s| s.failing_since.map(|t| t + self.grace))
             .filter(|t| *t > now)
             .min()
     }
+}
+
+/// Ends a failure of watch `name`; true when it was failing.
+fn recovered(states: &States, name: &str) -> bool {
+    let mut all = lock(states);
+    let Some(s) = all.get_mut(name) else {
+        return false;
+    };
+    s.last_error_at = None;
+    s.failing_since.take().is_some()
+}
+
+/// Records an error of watch `name`: the start of a failure, or one more of it.
+fn record_error(states: &States, name: &str, error: &str) {
+    let mut all = lock(states);
+    let s = all.entry(name.to_owned()).or_default();
+    let now = Instant::now();
+    if s.failing_since.is_none() {
+        s.failing_since = Some(now);
+        s.failing_since_wall = Some(std::time::SystemTime::now());
+        s.first_error = error.to_owned();
+    }
+    s.last_error_at = Some(now);
+    s.error = error.to_owned();
 }
 
 fn failing_for(states: &States, name: &str, grace: Duration) -> Option<String> {
@@ -492,32 +580,31 @@ mod tests {
     }
 
     #[test]
-    fn a_watch_fails_past_its_grace_and_recovers_when_errors_stop() {
+    fn a_watch_fails_past_its_grace_and_silence_only_calls_for_a_probe() {
         let t0 = Instant::now();
         let grace = Duration::from_secs(60);
         let mut s = WatchState::default();
         assert!(!s.failing(grace, t0));
+        assert!(!s.probe_due(t0), "a working watch is never probed");
         s.failing_since = Some(t0);
         s.last_error_at = Some(t0);
         assert!(
             !s.failing(grace, t0 + Duration::from_secs(59)),
             "within grace"
         );
-        s.last_error_at = Some(t0 + Duration::from_secs(55));
+        assert!(s.failing(grace, t0 + Duration::from_secs(61)));
         assert!(
-            s.failing(grace, t0 + Duration::from_secs(61)),
-            "errors keep coming"
+            !s.probe_due(t0 + Duration::from_secs(12)),
+            "retries are still erring"
         );
         assert!(
-            !s.failing(
-                grace,
-                t0 + Duration::from_secs(55) + RECOVERED_AFTER + Duration::from_secs(1)
-            ),
-            "no error for longer than the slowest retry: recovered without an event"
+            s.failing(grace, t0 + Duration::from_secs(600)),
+            "silence is no evidence of recovery: a hanging request is silent too"
         );
+        assert!(s.probe_due(t0 + PROBE_QUIET));
         assert!(
-            RECOVERED_AFTER > WATCH_BACKOFF_MAX.mul_f64(1.2),
-            "a failing watch errors sooner"
+            PROBE_QUIET > WATCH_BACKOFF_MAX.mul_f64(1.2),
+            "a failing watch errors sooner than it is probed"
         );
     }
 
