@@ -131,6 +131,17 @@ pub struct Args {
     #[arg(long, env = "FLEETMIRROR_DIAGNOSTICS_AUTH", value_enum, default_value_t = DiagnosticsAuthMode::None)]
     pub diagnostics_auth: DiagnosticsAuthMode,
 
+    /// With --diagnostics-auth=token: the audience callers' tokens must be issued for
+    /// (`kubectl create token <account> --audience fleetmirror-diagnostics`), so a token handed
+    /// to fleetmirror is good for nothing else and a token for the API server is refused here.
+    /// Empty: the API server's own audiences (any token the API server accepts, e.g. OIDC).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_DIAGNOSTICS_TOKEN_AUDIENCE",
+        default_value = "fleetmirror-diagnostics"
+    )]
+    pub diagnostics_token_audience: String,
+
     /// Serve gRPC over TLS with this certificate (PEM; with --grpc-tls-key). Its SANs must
     /// cover the name agents dial (the Service, `fleetmirror-aggregator.<namespace>.svc`).
     /// Read at startup: a rotated certificate takes a rollout restart.

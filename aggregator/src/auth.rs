@@ -16,10 +16,15 @@
 //! nobody may make the aggregator issue API calls without bound:
 //!
 //! * a result is cached by the SHA-256 of the token (never the token itself) for at most the
-//!   token's remaining life and 5 minutes (a refusal for 30 s), so an agent that reconnects
-//!   costs no TokenReview and no pod read;
+//!   token's remaining life and 5 minutes (a refusal of the token itself for 30 s; a refusal
+//!   because of its pod's state is not cached), so an agent that reconnects costs no
+//!   TokenReview and no pod read;
+//! * a token that cannot be an agent's is refused before any API call, from its unverified
+//!   claims: it must be a JWT, not expired, for the `--token-audience`, of the agent
+//!   ServiceAccount (these checks only ever refuse; the TokenReview does the verifying), so
+//!   garbage costs the API server nothing and spends none of the rate below;
 //! * at most 16 authentications run at once, each given 10 s; a caller waits at most 5 s for a
-//!   slot, and at most 50 new (uncached) authentications start per second (bursts of 100) —
+//!   slot, and at most 200 new (uncached) authentications start per second (bursts of 500) —
 //!   beyond that the stream is refused with UNAVAILABLE, and agents retry with backoff;
 //! * the cache holds at most 20 000 entries (expired ones are dropped first; when full, new
 //!   results are not cached).
@@ -126,8 +131,8 @@ const CACHE_REFUSED: std::time::Duration = std::time::Duration::from_secs(30);
 const CONCURRENT: usize = 16;
 const WAIT_FOR_SLOT: std::time::Duration = std::time::Duration::from_secs(5);
 const PER_AUTH: std::time::Duration = std::time::Duration::from_secs(10);
-const RATE_PER_SEC: f64 = 50.0;
-const BURST: f64 = 100.0;
+const RATE_PER_SEC: f64 = 200.0;
+const BURST: f64 = 500.0;
 
 /// A cached check: its result, or why it refused (category, text), and until when.
 #[derive(Clone)]
@@ -205,14 +210,12 @@ impl<T: Clone> Gate<T> {
             .await
             .unwrap_or(Err(AuthError::Busy));
         let life = match &result {
-            Ok(_) => {
-                let unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                cache_life(token, unix, self.max_life)
+            Ok(_) => cache_life(token, unix_now(), self.max_life),
+            // The API's or the limiter's failures say nothing about the token, and a pod's
+            // state can change any moment.
+            Err(AuthError::Api(_) | AuthError::Busy | AuthError::Pod { .. }) => {
+                std::time::Duration::ZERO
             }
-            // The API's or the limiter's failures say nothing about the token.
-            Err(AuthError::Api(_) | AuthError::Busy) => std::time::Duration::ZERO,
             Err(_) => CACHE_REFUSED,
         };
         if !life.is_zero() {
@@ -277,18 +280,84 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// The `exp` claim of a JWT (seconds since the epoch), without verifying anything: only used
-/// to cache no longer than the token lives (the TokenReview did the verifying).
-fn jwt_expiry(token: &str) -> Option<i64> {
+/// The claims of a JWT, *not verified*: only used to refuse early and to cache no longer than
+/// the token lives (the TokenReview does the verifying). `None` for anything that is not
+/// three dot-separated parts with a JSON object in the middle.
+fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     use base64::Engine;
-    let payload = token.split('.').nth(1)?;
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()?
-        .get("exp")?
-        .as_i64()
+    match serde_json::from_slice::<serde_json::Value>(&bytes).ok()? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch), unverified.
+fn jwt_expiry(token: &str) -> Option<i64> {
+    jwt_claims(token)?.get("exp")?.as_i64()
+}
+
+/// Refuses, from its unverified claims, a token that cannot pass the TokenReview: one that
+/// has expired, or is not for `audience`, or (when given) not of `subject`. With `require_jwt`
+/// a token that is no JWT is refused too (projected ServiceAccount tokens always are). Only
+/// ever refuses: a token that passes is still reviewed.
+fn prefilter(
+    token: &str,
+    now: i64,
+    audience: Option<&str>,
+    subject: Option<&str>,
+    require_jwt: bool,
+) -> Result<(), AuthError> {
+    let refuse = |why: &str| Err(AuthError::Invalid(format!("{why} (checked before review)")));
+    let Some(claims) = jwt_claims(token) else {
+        return if require_jwt {
+            refuse("not a JWT: agents use their projected ServiceAccount token")
+        } else {
+            Ok(())
+        };
+    };
+    match claims.get("exp").and_then(serde_json::Value::as_i64) {
+        Some(exp) if exp <= now => return refuse("the token has expired"),
+        None if require_jwt => return refuse("the token has no expiry"),
+        _ => {}
+    }
+    if let Some(audience) = audience {
+        let has = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => a == audience,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !has {
+            return refuse(&format!("the token is not for the audience {audience:?}"));
+        }
+    }
+    if let Some(subject) = subject {
+        let sub = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if sub != subject {
+            return Err(AuthError::WrongAccount {
+                user: sub.chars().take(256).collect(),
+                expected: subject.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// How long a successful check of `token` may be cached at `now` (unix seconds): at most
@@ -323,6 +392,13 @@ impl Authenticator {
     /// Authenticates a stream from its metadata.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<AgentIdentity, AuthError> {
         let token = bearer(metadata)?;
+        prefilter(
+            token,
+            unix_now(),
+            Some(&self.audience),
+            Some(&self.agent_user),
+            true,
+        )?;
         self.gate.check(token, self.review(token)).await
     }
 
@@ -389,13 +465,17 @@ impl Authenticator {
 }
 
 /// `--diagnostics-auth=token`: a Diagnostics call must carry a bearer token the API server
-/// authenticates (TokenReview, the API server's own audiences) of a user allowed to `get`
+/// authenticates for `--diagnostics-token-audience` (TokenReview; by default
+/// `fleetmirror-diagnostics`, so a token made for fleetmirror is good for nothing else, and a
+/// token made for the API server is not accepted here; empty: the API server's own
+/// audiences) of a user allowed to `get`
 /// `diagnostics` in the `fleetmirror.io` group (SubjectAccessReview): UNAUTHENTICATED without
 /// one, PERMISSION_DENIED when not allowed. Results are cached for a minute under the same
 /// bounds as agent authentication; health and reflection stay open (they carry no tenant data).
 #[derive(Clone)]
 pub struct DiagnosticsAuth {
     client: kube::Client,
+    audience: Option<String>,
     gate: std::sync::Arc<Gate<String>>,
     metrics: AuthMetrics,
 }
@@ -407,10 +487,11 @@ impl std::fmt::Debug for DiagnosticsAuth {
 }
 
 impl DiagnosticsAuth {
-    /// Checks callers with `client`.
-    pub fn new(client: kube::Client, metrics: AuthMetrics) -> Self {
+    /// Checks callers' tokens for `audience` (`None`: the API server's) with `client`.
+    pub fn new(client: kube::Client, audience: Option<String>, metrics: AuthMetrics) -> Self {
         Self {
             client,
+            audience,
             gate: std::sync::Arc::new(Gate::new(
                 std::time::Duration::from_secs(60),
                 metrics.cache_hits.clone(),
@@ -422,6 +503,7 @@ impl DiagnosticsAuth {
     /// The user the request's token belongs to, if they may read Diagnostics.
     pub async fn authorize(&self, metadata: &MetadataMap) -> Result<String, AuthError> {
         let token = bearer(metadata)?;
+        prefilter(token, unix_now(), self.audience.as_deref(), None, false)?;
         self.gate.check(token, self.review(token)).await
     }
 
@@ -432,7 +514,7 @@ impl DiagnosticsAuth {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                audiences: None,
+                audiences: self.audience.clone().map(|a| vec![a]),
             },
             ..Default::default()
         };
@@ -518,5 +600,63 @@ mod tests {
             60,
             "a token that is not a JWT: the maximum"
         );
+    }
+
+    #[test]
+    fn tokens_that_cannot_pass_are_refused_before_any_api_call() {
+        let now = 1_000_000;
+        let agent = "system:serviceaccount:fm:agent";
+        let claims = |aud: &str, sub: &str, exp: i64| {
+            jwt(&format!(r#"{{"aud":{aud},"sub":"{sub}","exp":{exp}}}"#))
+        };
+        let check = |t: &str| {
+            prefilter(t, now, Some("fleetmirror"), Some(agent), true).map_err(|e| e.to_string())
+        };
+        assert!(check(&claims(r#"["fleetmirror"]"#, agent, now + 60)).is_ok());
+        assert!(check(&claims(r#""fleetmirror""#, agent, now + 60)).is_ok());
+        for (token, why) in [
+            ("garbage".to_owned(), "not a JWT"),
+            ("a.b.c.d".to_owned(), "not a JWT"),
+            (jwt("[1]"), "not a JWT"),
+            (claims(r#"["fleetmirror"]"#, agent, now), "expired"),
+            (
+                jwt(&format!(r#"{{"aud":"fleetmirror","sub":"{agent}"}}"#)),
+                "no expiry",
+            ),
+            (
+                claims(r#"["https://kubernetes.default.svc"]"#, agent, now + 60),
+                "audience",
+            ),
+            (
+                claims(r#"["fleetmirror"]"#, "system:serviceaccount:x:y", now + 60),
+                "may not report as an agent",
+            ),
+        ] {
+            let e = check(&token).unwrap_err();
+            assert!(e.contains(why), "{token}: {e}");
+        }
+        // Diagnostics: any kind of token may be a user's; a JWT must still be live and ours.
+        assert!(prefilter("static-token", now, Some("d"), None, false).is_ok());
+        assert!(
+            prefilter(
+                &claims(r#""d""#, "alice", now + 1),
+                now,
+                Some("d"),
+                None,
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            prefilter(
+                &claims(r#""x""#, "alice", now + 1),
+                now,
+                Some("d"),
+                None,
+                false
+            )
+            .is_err()
+        );
+        assert!(prefilter(&claims(r#""x""#, "alice", now + 1), now, None, None, false).is_ok());
     }
 }

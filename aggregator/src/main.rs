@@ -104,8 +104,13 @@ async fn main() -> anyhow::Result<()> {
             holder: holder_rx,
             pod_source: args.pod_source,
             controllers: controllers.clone(),
-            diagnostics_auth: (args.diagnostics_auth == DiagnosticsAuthMode::Token)
-                .then(|| DiagnosticsAuth::new(clients.requests.clone(), metrics.auth.clone())),
+            diagnostics_auth: (args.diagnostics_auth == DiagnosticsAuthMode::Token).then(|| {
+                DiagnosticsAuth::new(
+                    clients.requests.clone(),
+                    Some(args.diagnostics_token_audience.clone()).filter(|a| !a.is_empty()),
+                    metrics.auth.clone(),
+                )
+            }),
             tls: grpc_tls(&args, &namespace)?,
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),

@@ -26,15 +26,12 @@ async fn leads(agg: &Aggregator) {
     .await;
 }
 
-async fn tls_channel(port: u16, certs: &TestCerts) -> Channel {
+/// A TLS channel to 127.0.0.1:`port` verifying the certificate for `name`.
+async fn tls_channel(port: u16, certs: &TestCerts, name: &str) -> Channel {
     let ca = Certificate::from_pem(std::fs::read(&certs.ca).unwrap());
     Channel::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(ca)
-                .domain_name("127.0.0.1"),
-        )
+        .tls_config(ClientTlsConfig::new().ca_certificate(ca).domain_name(name))
         .unwrap()
         .connect()
         .await
@@ -48,7 +45,9 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
     let ns = namespace(&client, "tls").await;
     let dir = std::env::temp_dir().join(format!("fleetmirror-tls-{}", suffix()));
     let service = format!("fleetmirror-aggregator.{ns}.svc");
-    let certs = TestCerts::make(&dir, &[&service], &["127.0.0.1"]);
+    // As cert-manager would issue it: the Service's name only, no IP. Agents and standbys
+    // dial addresses (here 127.0.0.1; the leader's pod IP from the Lease) and verify that name.
+    let certs = TestCerts::make(&dir, &[&service], &[]);
     let tls_args = vec![
         format!("--grpc-tls-cert={}", certs.cert.display()),
         format!("--grpc-tls-key={}", certs.key.display()),
@@ -70,12 +69,15 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
         0,
         &node,
         Some(&url),
-        &[format!("--aggregator-ca={}", certs.ca.display())],
+        &[
+            format!("--aggregator-ca={}", certs.ca.display()),
+            format!("--aggregator-tls-server-name={service}"),
+        ],
     );
     // The agent's report arrived over TLS; the standby forwards ListNodes to the leader over
     // TLS too (verifying the Service name in its certificate).
     for port in [leader.grpc_port, standby.grpc_port] {
-        let channel = tls_channel(port, &certs).await;
+        let channel = tls_channel(port, &certs, &service).await;
         eventually(WAIT, "the node, over TLS", || async {
             let nodes = DiagnosticsClient::new(channel.clone())
                 .list_nodes(ListNodesRequest {})
@@ -103,6 +105,7 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
     let out = std::process::Command::new(fleetmirror_tests::tools_bin().join("grpcurl"))
         .arg("-cacert")
         .arg(&certs.ca)
+        .args(["-servername", &service])
         .args([&format!("127.0.0.1:{}", leader.grpc_port), "list"])
         .output()
         .expect("grpcurl");
@@ -113,7 +116,7 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     // An agent that trusts another CA does not report.
-    let other = TestCerts::make(&dir.join("other"), &["elsewhere"], &["127.0.0.1"]);
+    let other = TestCerts::make(&dir.join("other"), &[&service], &[]);
     let node2 = NodeSandbox::new(&format!("node-{}", suffix()));
     node2.issue_token(&client, &ns).await;
     let agent2 = Agent::start(
@@ -121,7 +124,10 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
         0,
         &node2,
         Some(&url),
-        &[format!("--aggregator-ca={}", other.ca.display())],
+        &[
+            format!("--aggregator-ca={}", other.ca.display()),
+            format!("--aggregator-tls-server-name={service}"),
+        ],
     );
     eventually(WAIT, "the untrusting agent's stream errors", || async {
         (agent2
@@ -138,7 +144,11 @@ async fn agents_and_grpcurl_talk_tls_and_standbys_forward_over_it() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
+/// A token of ServiceAccount `sa` for `audience` (`None`: the API server's).
+/// `--diagnostics-token-audience`'s default.
+const AUDIENCE: &str = "fleetmirror-diagnostics";
+
+async fn token_for(client: &kube::Client, ns: &str, sa: &str, audience: Option<&str>) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
     let account: ServiceAccount =
@@ -146,7 +156,7 @@ async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
     let _ = sas.create(&PostParams::default(), &account).await;
     let request = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec![],
+            audiences: audience.into_iter().map(String::from).collect(),
             expiration_seconds: Some(3600),
             bound_object_ref: None,
         },
@@ -191,7 +201,7 @@ async fn diagnostics_need_a_token_allowed_to_get_diagnostics() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::Unauthenticated, "{bad:?}");
-    let stranger = token_for(&client, &ns, "stranger").await;
+    let stranger = token_for(&client, &ns, "stranger", Some(AUDIENCE)).await;
     let denied = list_nodes(&leader.grpc_url(), Some(&stranger))
         .await
         .unwrap_err();
@@ -222,11 +232,19 @@ async fn diagnostics_need_a_token_allowed_to_get_diagnostics() {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    let reader = token_for(&client, &ns, "reader").await;
+    let reader = token_for(&client, &ns, "reader", Some(AUDIENCE)).await;
     eventually(WAIT, "the reader allowed", || async {
         list_nodes(&leader.grpc_url(), Some(&reader)).await.ok()
     })
     .await;
+    // The same reader's token for the API server is not accepted: tokens handed to
+    // fleetmirror are made for it (--diagnostics-token-audience).
+    let for_api = token_for(&client, &ns, "reader", None).await;
+    let wrong = list_nodes(&leader.grpc_url(), Some(&for_api))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(wrong.message().contains("audience"), "{wrong:?}");
     // Through the standby, which forwards the caller's token to the leader.
     list_nodes(&standby.grpc_url(), Some(&reader))
         .await
