@@ -80,6 +80,11 @@ impl Readiness {
         lock(&self.checks).insert(name.to_owned(), Check::Computed(check));
     }
 
+    /// Removes the check named `name` (a watch that was stopped on purpose).
+    pub fn unregister(&self, name: &str) {
+        lock(&self.checks).remove(name);
+    }
+
     /// True when every registered check is ready.
     pub fn is_ready(&self) -> bool {
         self.results().iter().all(|(_, r)| r.is_ok())

@@ -30,9 +30,6 @@ pub fn cancel_on_signal(token: CancellationToken) {
 /// A boxed error from a task.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a supervised task returns: its name and how it ended.
-pub type TaskExit = (&'static str, Result<(), BoxError>);
-
 /// A critical task ended before shutdown was requested.
 #[derive(Debug, thiserror::Error)]
 #[error("critical task {task} ended unexpectedly{}", .error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
@@ -43,9 +40,13 @@ pub struct TaskFailed {
     pub error: Option<BoxError>,
 }
 
+/// How a supervised task ended: its name and its result (None: stopped on purpose).
+type Exit = (&'static str, Option<Result<(), BoxError>>);
+
 type Spawned = (
     &'static str,
     futures::future::BoxFuture<'static, Result<(), BoxError>>,
+    Option<CancellationToken>,
 );
 
 /// A handle that spawns supervised tasks from anywhere (main, a controller starting its
@@ -81,7 +82,19 @@ impl Tasks {
     where
         F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        if self.tx.send((name, Box::pin(task))).is_err() {
+        if self.tx.send((name, Box::pin(task), None)).is_err() {
+            tracing::debug!(task = name, "not started: the supervisor has stopped");
+        }
+    }
+
+    /// Spawns `task` under supervision until `stop` is cancelled: ending after that (e.g. a
+    /// watch of a kind no longer served) is no failure; ending before it, or with an error,
+    /// is like any task's.
+    pub fn spawn_until<F>(&self, name: &'static str, stop: CancellationToken, task: F)
+    where
+        F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        if self.tx.send((name, Box::pin(task), Some(stop))).is_err() {
             tracing::debug!(task = name, "not started: the supervisor has stopped");
         }
     }
@@ -97,13 +110,19 @@ impl Supervisor {
     /// before the token is cancelled is a failure: the token is cancelled so the others stop
     /// too, and that failure is returned once all ended.
     pub async fn run(mut self) -> Result<(), TaskFailed> {
-        let mut set: tokio::task::JoinSet<TaskExit> = tokio::task::JoinSet::new();
+        let mut set: tokio::task::JoinSet<Exit> = tokio::task::JoinSet::new();
         let mut failure = None;
         loop {
             tokio::select! {
                 spawned = self.rx.recv() => match spawned {
-                    Some((name, task)) => {
-                        set.spawn(async move { (name, task.await) });
+                    Some((name, task, stop)) => {
+                        set.spawn(async move {
+                            let result = task.await;
+                            match stop {
+                                Some(stop) if stop.is_cancelled() && result.is_ok() => (name, None),
+                                _ => (name, Some(result)),
+                            }
+                        });
                     }
                     None if set.is_empty() => break,
                     None => {
@@ -121,12 +140,16 @@ impl Supervisor {
     }
 
     fn ended(
-        joined: Result<TaskExit, tokio::task::JoinError>,
+        joined: Result<Exit, tokio::task::JoinError>,
         token: &CancellationToken,
         failure: &mut Option<TaskFailed>,
     ) {
         let (task, result) = match joined {
-            Ok(exit) => exit,
+            Ok((task, Some(result))) => (task, result),
+            Ok((task, None)) => {
+                tracing::debug!(task, "task stopped");
+                return;
+            }
             Err(join) => ("(panicked task)", Err(join.into())),
         };
         if !token.is_cancelled() {
@@ -159,6 +182,32 @@ mod tests {
         let err = supervisor.run().await.unwrap_err();
         assert_eq!(err.task, "fails");
         assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_task_stopped_on_purpose_is_no_failure() {
+        let token = CancellationToken::new();
+        let (tasks, supervisor) = Tasks::new(token.clone());
+        let stop = token.child_token();
+        let s = stop.clone();
+        tasks.spawn_until("stoppable", stop.clone(), async move {
+            s.cancelled().await;
+            Ok(())
+        });
+        let t = token.clone();
+        tasks.spawn("waits", async move {
+            t.cancelled().await;
+            Ok(())
+        });
+        let run = tokio::spawn(supervisor.run());
+        stop.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !token.is_cancelled(),
+            "stopping one task stops nothing else"
+        );
+        token.cancel();
+        assert!(run.await.unwrap().is_ok());
     }
 
     #[tokio::test]

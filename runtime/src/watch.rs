@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::admin::Readiness;
-use crate::shutdown::Tasks;
+use crate::shutdown::{CancellationToken, Tasks};
 
 /// How one watch is doing.
 #[derive(Debug, Clone, Default)]
@@ -201,7 +201,7 @@ impl Watches {
         let (store, writer) = reflector::store::<K>();
         let probe = probe_of(api.clone(), &config);
         let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
-        self.drive(stream, probe, trigger, name);
+        self.drive(stream, probe, trigger, name, None);
         store
     }
 
@@ -239,6 +239,26 @@ impl Watches {
         trigger: &Arc<Notify>,
         name: &str,
     ) -> Store<DynamicObject> {
+        self.dynamic_store_until(ar, namespace, config, trim, trigger, name, None, None)
+    }
+
+    /// Like [`Watches::dynamic_store`], watched until `stop` is cancelled (a kind no longer
+    /// served): then the watch ends, and its readiness check and state go with it. With
+    /// `high_water`, the highest (numeric) resourceVersion of any object the watch delivered is
+    /// kept there: once it reaches a write's resourceVersion, the store has seen that write (a
+    /// watch delivers in resourceVersion order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dynamic_store_until(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        config: watcher::Config,
+        trim: fn(&mut DynamicObject),
+        trigger: &Arc<Notify>,
+        name: &str,
+        stop: Option<CancellationToken>,
+        high_water: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Store<DynamicObject> {
         let api = match namespace {
             Some(ns) => Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, ar),
             None => Api::<DynamicObject>::all_with(self.client.clone(), ar),
@@ -246,17 +266,57 @@ impl Watches {
         let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let store = writer.as_reader();
         let probe = probe_of(api.clone(), &config);
-        let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
-        self.drive(stream, probe, trigger, name);
+        let stream =
+            reflector::reflector(writer, watcher(api, config).modify(trim)).inspect(move |event| {
+                let (Some(hw), Ok(event)) = (&high_water, event) else {
+                    return;
+                };
+                let object = match event {
+                    watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o) => o,
+                    _ => return,
+                };
+                if let Some(rv) = object
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    hw.fetch_max(rv, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        self.drive(stream, probe, trigger, name, stop);
         store
+    }
+
+    /// True while watch `name` fails (however briefly): what it holds may be incomplete.
+    pub fn erring(&self, name: &str) -> bool {
+        lock(&self.states)
+            .get(name)
+            .is_some_and(|s| s.failing_since.is_some())
+    }
+
+    /// The last error of watch `name` while it fails.
+    pub fn error_of(&self, name: &str) -> Option<String> {
+        lock(&self.states)
+            .get(name)
+            .filter(|s| s.failing_since.is_some())
+            .map(|s| s.error.clone())
     }
 
     /// Runs `stream` as a supervised task: events notify `trigger`, errors are recorded, and a
     /// failing watch gone quiet is probed.
-    fn drive<S, T>(&self, stream: S, probe: Probe, trigger: &Arc<Notify>, name: &str)
-    where
-        S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-        T: Send,
+    fn drive<S, K>(
+        &self,
+        stream: S,
+        probe: Probe,
+        trigger: &Arc<Notify>,
+        name: &str,
+        stop: Option<CancellationToken>,
+    ) where
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+        K: Send,
     {
         let name = name.to_owned();
         lock(&self.states).insert(name.clone(), WatchState::default());
@@ -272,13 +332,17 @@ impl Watches {
         let (trigger, states, errors) = (trigger.clone(), self.states.clone(), self.errors.clone());
         let shutdown = self.tasks.token().clone();
         let stream = stream.backoff(WatchBackoff::default());
-        self.tasks.spawn("watch", async move {
+        let stopped = stop.clone().unwrap_or_else(|| shutdown.clone());
+        let (readiness, check) = (self.readiness.clone(), format!("watch-{name}"));
+        let task = async move {
             let mut stream = std::pin::pin!(stream);
             let mut probes = tokio::time::interval(PROBE_EVERY);
             probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     item = stream.next() => match item {
+                        // The watcher says Init before it even tries to list: no evidence.
+                        Some(Ok(watcher::Event::Init)) => {}
                         Some(Ok(_)) => {
                             if recovered(&states, &name) {
                                 tracing::info!(watch = %name, "watch recovered");
@@ -322,9 +386,18 @@ impl Watches {
                         trigger.notify_one();
                     }
                     _ = shutdown.cancelled() => return Ok(()),
+                    _ = stopped.cancelled() => {
+                        lock(&states).remove(&name);
+                        readiness.unregister(&check);
+                        return Ok(());
+                    }
                 }
             }
-        });
+        };
+        match stop {
+            Some(stop) => self.tasks.spawn_until("watch", stop, task),
+            None => self.tasks.spawn("watch", task),
+        }
     }
 
     /// The first of `names` (all watches when empty) that has failed for longer than the
