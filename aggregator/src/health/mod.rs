@@ -311,7 +311,7 @@ impl HealthController {
                     tracing::info!(vclusterhealth = %key(vch), total = desired.summary.as_ref().map(|s| s.total), "status updated");
                     let reference = vch.object_ref(&());
                     for event in decide::events(&current, &desired) {
-                        events.publish(pass.term, &reference, &event).await;
+                        let _ = events.publish(pass.term, &reference, &event).await;
                     }
                 }
                 if pass.failing.is_some() {

@@ -26,8 +26,9 @@ use fleetmirror_core::status::{Admit, Backoff, EventGate};
 use fleetmirror_runtime::shutdown::Tasks;
 use fleetmirror_runtime::watch::Watches;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -162,13 +163,7 @@ impl Context {
     /// The Event recorder of controller `name`.
     pub fn events(&self, name: &'static str) -> EventRecorder {
         EventRecorder {
-            recorder: Recorder::new(
-                self.client.clone(),
-                Reporter {
-                    controller: "fleetmirror-aggregator".into(),
-                    instance: None,
-                },
-            ),
+            client: self.client.clone(),
             gate: Arc::default(),
             metrics: self.metrics.controller(name),
         }
@@ -189,7 +184,7 @@ impl Context {
 /// A failure to publish is logged and counted, never retried in a loop.
 #[derive(Clone)]
 pub struct EventRecorder {
-    recorder: Recorder,
+    client: kube::Client,
     gate: Arc<Mutex<EventGate>>,
     metrics: ControllerMetrics,
 }
@@ -202,17 +197,22 @@ impl std::fmt::Debug for EventRecorder {
     }
 }
 
+/// `reportingController` (and instance) of every Event.
+const REPORTING_CONTROLLER: &str = "fleetmirror-aggregator";
+
 /// The longest Event note the API accepts (1 KiB).
 const MAX_NOTE: usize = 1024;
 
 impl EventRecorder {
-    /// Publishes `event` about `object` (its UID keys the dedup and the rate limit).
+    /// Publishes `event` about `object` (its UID keys the dedup and the rate limit). True when
+    /// it is said: published now, or the same note recently; false when rate-limited or the
+    /// API refused it (worth saying again later).
     pub async fn publish(
         &self,
         term: &Term,
         object: &ObjectReference,
         event: &fleetmirror_core::status::Event,
-    ) {
+    ) -> bool {
         let key = object
             .uid
             .clone()
@@ -225,7 +225,7 @@ impl EventRecorder {
         if admit != Admit::Publish {
             tracing::debug!(object = ?object.name, reason = event.reason, ?admit, "event not published");
             self.metrics.event_dropped();
-            return;
+            return admit == Admit::Duplicate;
         }
         let mut note = event.note.clone();
         if note.len() > MAX_NOTE {
@@ -236,19 +236,46 @@ impl EventRecorder {
             note.truncate(end);
             note.push_str("...");
         }
-        let kube_event = Event {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+        // Each Event is its own object: kube's recorder would fold a second note of the same
+        // reason into the first Event's series, showing users the old note.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let kube_event = K8sEvent {
+            metadata: kube::api::ObjectMeta {
+                namespace: object.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}{:04x}",
+                    object
+                        .name
+                        .as_deref()
+                        .unwrap_or("fleetmirror")
+                        .chars()
+                        .take(200)
+                        .collect::<String>(),
+                    now.as_nanosecond(),
+                    rand::random::<u16>()
+                )),
+                ..Default::default()
             },
-            reason: event.reason.into(),
+            event_time: Some(MicroTime(now)),
+            action: Some("Reconcile".into()),
+            reason: Some(event.reason.into()),
             note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
+            type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+            regarding: Some(object.clone()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(REPORTING_CONTROLLER.into()),
+            ..Default::default()
         };
-        match term.fence(self.recorder.publish(&kube_event, object)).await {
-            Ok(()) => self.metrics.event(event.warning),
+        let namespace = object.namespace.as_deref().unwrap_or("default");
+        let events = Api::<K8sEvent>::namespaced(self.client.clone(), namespace);
+        match term
+            .fence(events.create(&kube::api::PostParams::default(), &kube_event))
+            .await
+        {
+            Ok(_) => {
+                self.metrics.event(event.warning);
+                true
+            }
             Err(error) => {
                 self.gate
                     .lock()
@@ -256,6 +283,7 @@ impl EventRecorder {
                     .undo(&key, event);
                 self.metrics.event_dropped();
                 tracing::warn!(object = ?object.name, reason = event.reason, %error, "publishing an Event failed");
+                false
             }
         }
     }
