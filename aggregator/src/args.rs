@@ -30,7 +30,7 @@ pub enum DiagnosticsAuthMode {
 pub enum Controller {
     /// `VClusterHealth` scoring (health.md).
     Health,
-    /// Mirroring of namespaced objects across namespaces (mirror.md; not in this version yet).
+    /// Mirroring of namespaced objects across namespaces (mirror.md).
     Mirror,
     /// Istio VirtualServices for developer routing (routing.md; not in this version yet).
     Routing,
@@ -51,7 +51,7 @@ impl Controller {
 
     /// True when this version has it.
     pub fn built(self) -> bool {
-        matches!(self, Controller::Health)
+        matches!(self, Controller::Health | Controller::Mirror)
     }
 }
 
@@ -181,7 +181,82 @@ pub struct Args {
     pub token_audience: String,
 
     #[command(flatten)]
+    pub mirror: MirrorArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The mirror controller's flags (mirror.md "Flags"). kubemirror's flags map one to one:
+/// `--excluded-namespaces` → `--mirror-excluded-namespaces` (globs, and setting it replaces the
+/// default list), `--included-namespaces`, `--resource-types`, `--discovery-interval`,
+/// `--max-targets` → `--mirror-` + the same name, `--resync-period` → `--mirror-resync-interval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MirrorArgs {
+    /// The prefix of every mirror key (`<p>/enabled`, `<p>/sync`, `<p>/target-namespaces`, ...):
+    /// a DNS subdomain. `kubemirror.raczylo.com` makes every kubemirror source and mirror work
+    /// unchanged (stop kubemirror first).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_MIRROR_KEY_PREFIX",
+        default_value = "fleetmirror.io"
+    )]
+    pub mirror_key_prefix: String,
+
+    /// The kinds to mirror, as `Kind.version[.group]` (`Secret.v1`,
+    /// `Ingress.v1.networking.k8s.io`), comma-separated: replaces auto-discovery and bypasses the
+    /// deny list (each denied kind named is warned about once). Empty: every namespaced kind the
+    /// API serves with get, list, watch, create, update, patch and delete, minus the deny list.
+    #[arg(long, env = "FLEETMIRROR_MIRROR_RESOURCE_TYPES", default_value = "")]
+    pub mirror_resource_types: String,
+
+    /// How often the served kinds are discovered again: a CRD installed later is watched within
+    /// one interval, one removed stops being watched.
+    #[arg(long, env = "FLEETMIRROR_MIRROR_DISCOVERY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub mirror_discovery_interval: Duration,
+
+    /// How often a full pass runs without any change (a safety net: every change triggers one).
+    #[arg(long, env = "FLEETMIRROR_MIRROR_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub mirror_resync_interval: Duration,
+
+    /// Namespaces never mirrored into (globs, comma-separated; setting it replaces the default).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_MIRROR_EXCLUDED_NAMESPACES",
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub mirror_excluded_namespaces: String,
+
+    /// Only namespaces matching one of these globs are mirrored into (empty: all).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_MIRROR_INCLUDED_NAMESPACES",
+        default_value = ""
+    )]
+    pub mirror_included_namespaces: String,
+
+    /// Only objects in namespaces matching one of these globs can be sources (empty: all); a
+    /// labelled object elsewhere gets a `Refused` Event.
+    #[arg(long, env = "FLEETMIRROR_MIRROR_SOURCE_NAMESPACES", default_value = "")]
+    pub mirror_source_namespaces: String,
+
+    /// The most target namespaces per source (the first by name are kept; 0: no limit). A
+    /// source's `<p>/max-targets` can lower it, never raise it.
+    #[arg(long, env = "FLEETMIRROR_MIRROR_MAX_TARGETS", default_value_t = 100)]
+    pub mirror_max_targets: usize,
+
+    /// Label and annotation keys never copied to mirrors (globs over keys, comma-separated):
+    /// copied, they make Argo CD, Helm or Flux adopt or prune the mirrors.
+    #[arg(long, env = "FLEETMIRROR_MIRROR_STRIP_KEYS", default_value = fleetmirror_core::mirror::render::DEFAULT_STRIP_KEYS)]
+    pub mirror_strip_keys: String,
+
+    /// Mirror writes in flight at once.
+    #[arg(
+        long,
+        env = "FLEETMIRROR_MIRROR_WRITE_CONCURRENCY",
+        default_value_t = 16
+    )]
+    pub mirror_write_concurrency: usize,
 }
 
 impl Args {
@@ -210,6 +285,7 @@ impl Args {
         if self.controllers.is_empty() {
             return Err("--controllers must name at least one controller".into());
         }
+        crate::mirror::MirrorConfig::from_args(&self.mirror)?;
         Ok(())
     }
 }
@@ -266,6 +342,30 @@ mod tests {
             msg.contains("mirrors") && msg.contains("possible values"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn mirror_flags_are_checked_naming_the_flag() {
+        for (flag, value) in [
+            ("--mirror-key-prefix", "Not_A_Domain"),
+            ("--mirror-resource-types", "Secret.v1,Invalid"),
+            ("--mirror-excluded-namespaces", "app-["),
+            ("--mirror-included-namespaces", "[]"),
+            ("--mirror-source-namespaces", "a,b-["),
+            ("--mirror-write-concurrency", "0"),
+            ("--mirror-discovery-interval", "0s"),
+        ] {
+            let a = Args::try_parse_from(["x", flag, value]).unwrap();
+            let e = a.validate().unwrap_err();
+            assert!(e.contains(flag), "{flag}={value}: {e}");
+        }
+        let a = Args::try_parse_from([
+            "x",
+            "--mirror-key-prefix=kubemirror.raczylo.com",
+            "--mirror-resource-types= Secret.v1 , ConfigMap.v1 ",
+        ])
+        .unwrap();
+        assert!(a.validate().is_ok());
     }
 
     #[test]

@@ -16,8 +16,9 @@ use fleetmirror_proto::v1::agent_service_server::{AgentService, AgentServiceServ
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
 use fleetmirror_proto::v1::{
-    GetNodeRequest, GetVClusterRequest, ListNodesRequest, ListNodesResponse, ListVClustersRequest,
-    ListVClustersResponse, NodeDetail, NodeReport, ReportAck, VClusterDetail, node_report::Body,
+    GetMirrorRequest, GetNodeRequest, GetVClusterRequest, ListMirrorsRequest, ListMirrorsResponse,
+    ListNodesRequest, ListNodesResponse, ListVClustersRequest, ListVClustersResponse, MirrorSource,
+    NodeDetail, NodeReport, ReportAck, VClusterDetail, node_report::Body,
 };
 use fleetmirror_runtime::admin::ReadyFlag;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +33,7 @@ use crate::auth::{AgentIdentity, Authenticator, DiagnosticsAuth};
 use crate::index::FleetIndex;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
+use crate::mirror::MirrorView;
 use crate::platform::Leadership;
 
 /// The Diagnostics service.
@@ -56,6 +58,8 @@ pub struct DiagnosticsService {
     forward_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The channel to the leader, by address (connected lazily, reused).
     channel: Arc<std::sync::Mutex<Option<(SocketAddr, Channel)>>>,
+    /// The mirror controller's latest pass (the leader's).
+    mirror: Arc<MirrorView>,
 }
 
 /// Metadata on a call a standby forwarded.
@@ -96,6 +100,7 @@ impl Leader {
 }
 
 impl DiagnosticsService {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         index: Arc<FleetIndex>,
         leadership: Leadership,
@@ -104,6 +109,7 @@ impl DiagnosticsService {
         controllers: BTreeSet<Controller>,
         auth: Option<DiagnosticsAuth>,
         forward_tls: Option<tonic::transport::ClientTlsConfig>,
+        mirror: Arc<MirrorView>,
     ) -> Self {
         Self {
             index,
@@ -114,6 +120,7 @@ impl DiagnosticsService {
             auth,
             forward_tls,
             channel: Default::default(),
+            mirror,
         }
     }
 
@@ -147,7 +154,8 @@ impl DiagnosticsService {
         )))
     }
 
-    /// Who answers `request` (about nodes, or about vClusters), or why nobody can.
+    /// Who answers `request` (`nodes`: what only the leader knows — agent reports, mirror
+    /// passes), or why nobody can.
     fn route<T>(&self, request: Request<T>, nodes: bool) -> Result<Route<T>, Status> {
         if self.leadership.is_leader() || (!nodes && self.pod_source == PodSource::Api) {
             return Ok(Route::Here(request));
@@ -326,6 +334,97 @@ impl Diagnostics for DiagnosticsService {
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no agent has reported for node {name}")))
     }
+
+    async fn list_mirrors(
+        &self,
+        request: Request<ListMirrorsRequest>,
+    ) -> Result<Response<ListMirrorsResponse>, Status> {
+        self.authorize(&request).await?;
+        self.require(Controller::Mirror)?;
+        let request = match self.route(request, true)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .list_mirrors(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
+        };
+        let r = request.into_inner();
+        if !r.namespace.is_empty() {
+            require_label("namespace", &r.namespace)?;
+        }
+        if !r.kind.is_empty() {
+            require_kind(&r.kind)?;
+        }
+        let (sources, kinds) = self.mirror.list(&r.namespace, &r.kind);
+        Ok(Response::new(ListMirrorsResponse { sources, kinds }))
+    }
+
+    async fn get_mirror(
+        &self,
+        request: Request<GetMirrorRequest>,
+    ) -> Result<Response<MirrorSource>, Status> {
+        self.authorize(&request).await?;
+        self.require(Controller::Mirror)?;
+        let request = match self.route(request, true)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .get_mirror(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
+        };
+        let r = request.into_inner();
+        let kind = require_kind(&r.kind)?;
+        let namespace = require_label("namespace", &r.namespace)?;
+        let name = require("name", &r.name)?;
+        fleetmirror_core::naming::validate_dns1123_subdomain(name)
+            .map_err(|e| Status::invalid_argument(format!("name {name:?} {e}")))?;
+        let groups = self.mirror.groups_of(kind);
+        let group = if !r.group.is_empty() || groups.iter().any(String::is_empty) {
+            r.group.clone()
+        } else {
+            match groups.as_slice() {
+                [one] => one.clone(),
+                [] => String::new(),
+                many => {
+                    return Err(Status::invalid_argument(format!(
+                        "kind {kind} is ambiguous: set group to one of {}",
+                        many.join(", ")
+                    )));
+                }
+            }
+        };
+        self.mirror
+            .get(&group, kind, namespace, name)
+            .map(Response::new)
+            .ok_or_else(|| {
+                let what = if group.is_empty() {
+                    kind.to_owned()
+                } else {
+                    format!("{kind}.{group}")
+                };
+                Status::not_found(format!("{what} {namespace}/{name} is not a mirror source"))
+            })
+    }
+}
+
+/// A kind name: `Secret`, `Middleware` (an identifier of at most 63 characters).
+fn require_kind(kind: &str) -> Result<&str, Status> {
+    require("kind", kind)?;
+    if kind.len() > 63
+        || !kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(Status::invalid_argument(format!(
+            "kind {kind:?} is not a kind name (e.g. Secret, ConfigMap)"
+        )));
+    }
+    Ok(kind)
 }
 
 /// The AgentService: one Report stream per agent.
@@ -505,6 +604,8 @@ pub struct GrpcServer {
     pub metrics: Metrics,
     /// Marked ready once the port is bound.
     pub ready: ReadyFlag,
+    /// The mirror controller's view (empty unless it runs).
+    pub mirror: Arc<MirrorView>,
 }
 
 impl GrpcServer {
@@ -540,6 +641,7 @@ impl GrpcServer {
             self.controllers,
             self.diagnostics_auth,
             self.tls.as_ref().map(|(_, client)| client.clone()),
+            self.mirror.clone(),
         );
         let agents = AgentReportService {
             auth: self.auth,

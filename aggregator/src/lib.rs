@@ -11,7 +11,8 @@
 //! * [`platform`]: what every controller stands on (request client with timeouts, supervised
 //!   watches, leader terms fencing every write, Event recorder, status writer, metrics);
 //! * [`health`]: the fleet-health controller (VClusterHealth status, Diagnostics scores);
-//!   `mirror`, `routing` and `integrations` get rooms of the same shape as they land;
+//! * [`mirror`]: the mirror controller (any namespaced kind into other namespaces);
+//!   `routing` and `integrations` get rooms of the same shape as they land;
 //! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
 
 pub mod args;
@@ -22,4 +23,5 @@ pub mod health;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod mirror;
 pub mod platform;

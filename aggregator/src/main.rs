@@ -70,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         metrics: PlatformMetrics::register(&mut registry),
     };
     let controllers: BTreeSet<Controller> = args.controllers.iter().copied().collect();
+    let mirror_view = Arc::new(fleetmirror_aggregator::mirror::MirrorView::default());
+    let mirror_metrics = controllers
+        .contains(&Controller::Mirror)
+        .then(|| fleetmirror_aggregator::mirror::MirrorMetrics::register(&mut registry));
     for c in controllers.iter().filter(|c| !c.built()) {
         tracing::warn!(
             controller = c.as_str(),
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             tls: grpc_tls(&args, &namespace)?,
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
+            mirror: mirror_view.clone(),
         };
         let token = token.clone();
         tasks.spawn("gRPC server", async move { server.serve(token).await });
@@ -154,6 +159,24 @@ async fn main() -> anyhow::Result<()> {
             stale_after: args.agent_stale_after,
         };
         tasks.spawn("health controller", controller.run());
+    }
+    if let Some(metrics) = mirror_metrics {
+        let config = fleetmirror_aggregator::mirror::MirrorConfig::from_args(&args.mirror)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            prefix = config.settings.keys.prefix(),
+            resource_types = %args.mirror.mirror_resource_types,
+            "mirror controller: {}",
+            if config.resource_types.is_some() { "the listed kinds" } else { "auto-discovery" }
+        );
+        let controller = fleetmirror_aggregator::mirror::MirrorController {
+            ctx: ctx.clone(),
+            config,
+            view: mirror_view.clone(),
+            metrics,
+            ready: readiness.register("mirror"),
+        };
+        tasks.spawn("mirror controller", controller.run());
     }
     if args.leader_elect {
         // While its own agents reconnect, a new leader publishes at least the count it

@@ -225,6 +225,32 @@ pub async fn pod_token(
     .await
 }
 
+/// A token of ServiceAccount `service_account` in `namespace` (created if missing) for the API
+/// server itself (its default audience): what a pod's automounted token is.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+) -> String {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(service_account.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &sa)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {service_account}: {e}"),
+    }
+    token(client, namespace, service_account, None, None, Some(3600)).await
+}
+
 async fn token(
     client: &kube::Client,
     namespace: &str,

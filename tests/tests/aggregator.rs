@@ -450,15 +450,21 @@ async fn controllers_select_what_runs() {
         ]
     );
 
-    // A controller this version does not have yet: no watch at all, and the health methods
-    // say the controller is not running.
+    // Mirror only: its own watches (namespaces, and per kind sources and mirrors), none of
+    // health's; the health methods say health is not running, the mirror ones answer.
     let mut cfg = AggregatorConfig::new(&ns);
-    cfg.extra_args.push("--controllers=mirror".into());
+    cfg.extra_args.extend([
+        "--controllers=mirror".into(),
+        "--mirror-resource-types=ConfigMap.v1".into(),
+    ]);
     let mirror = Aggregator::start(cp, 0, cfg);
-    assert!(
-        watch_checks(&mirror).is_empty(),
-        "{:?}",
-        watch_checks(&mirror)
+    assert_eq!(
+        watch_checks(&mirror),
+        [
+            "mirror-mirrors-ConfigMap.v1",
+            "mirror-namespaces",
+            "mirror-sources-ConfigMap.v1"
+        ]
     );
     let mut d = DiagnosticsClient::new(fleetmirror_tests::channel(&mirror.grpc_url()).await);
     let e = d
@@ -471,8 +477,23 @@ async fn controllers_select_what_runs() {
         "{}",
         e.message()
     );
+    let e = DiagnosticsClient::new(fleetmirror_tests::channel(&health.grpc_url()).await)
+        .list_mirrors(fleetmirror_proto::v1::ListMirrorsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // A controller this version does not have yet: no watch at all, and a line saying so.
+    let mut cfg = AggregatorConfig::new(&ns);
+    cfg.extra_args.push("--controllers=routing".into());
+    let routing = Aggregator::start(cp, 0, cfg);
     assert!(
-        mirror
+        watch_checks(&routing).is_empty(),
+        "{:?}",
+        watch_checks(&routing)
+    );
+    assert!(
+        routing
             .process
             .log()
             .contains("not part of this version yet")

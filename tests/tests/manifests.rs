@@ -201,6 +201,81 @@ fn manifests_set_only_flags_the_binaries_have() {
     }
 }
 
+/// The mirror controller's RBAC modes: `*/*` with the seven verbs by default; with
+/// `mirror.rbac.allResources=false` exactly the listed rules (and rendering fails without
+/// any); without `mirror` among the controllers, neither.
+#[test]
+fn mirror_rbac_renders_all_resources_or_exactly_the_listed_rules() {
+    const VERBS: [&str; 7] = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let rules = |set: &[&str]| -> Vec<serde_yaml::Value> {
+        let docs = fleetmirror_tests::pod::Rendered::helm(set).docs().to_vec();
+        find(&docs, "ClusterRole", "fleetmirror-aggregator")["rules"]
+            .as_sequence()
+            .unwrap()
+            .clone()
+    };
+    let strs = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let default = rules(&[]);
+    assert!(default.iter().any(|r| strs(&r["apiGroups"]) == ["*"]
+        && strs(&r["resources"]) == ["*"]
+        && strs(&r["verbs"]) == VERBS));
+    let listed = rules(&[
+        "mirror.rbac.allResources=false",
+        "mirror.rbac.rules[0].apiGroups[0]=",
+        "mirror.rbac.rules[0].resources={secrets,configmaps}",
+        "mirror.rbac.rules[1].apiGroups={traefik.io}",
+        "mirror.rbac.rules[1].resources={middlewares}",
+    ]);
+    let mirrored: Vec<(Vec<String>, Vec<String>)> = listed
+        .iter()
+        .filter(|r| strs(&r["verbs"]) == VERBS)
+        .map(|r| (strs(&r["apiGroups"]), strs(&r["resources"])))
+        .collect();
+    assert_eq!(
+        mirrored,
+        [
+            (
+                vec!["".to_owned()],
+                vec!["secrets".to_owned(), "configmaps".to_owned()]
+            ),
+            (
+                vec!["traefik.io".to_owned()],
+                vec!["middlewares".to_owned()]
+            ),
+        ]
+    );
+    assert!(!listed.iter().any(|r| strs(&r["resources"]) == ["*"]));
+    let health_only = rules(&["aggregator.controllers={health}"]);
+    assert!(
+        !health_only
+            .iter()
+            .any(|r| strs(&r["resources"]).contains(&"secrets".to_owned())
+                || strs(&r["resources"]) == ["*"]
+                || strs(&r["resources"]).contains(&"namespaces".to_owned())),
+        "{health_only:?}"
+    );
+    let out = Command::new(fleetmirror_tests::tools_bin().join("helm"))
+        .args(["template", "x"])
+        .arg(repo_root().join("charts/fleetmirror"))
+        .args(["--set", "mirror.rbac.allResources=false"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs mirror.rbac.rules"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -289,15 +364,25 @@ fn crds_and_install_yaml_apply_to_the_real_api_server() {
             "the aggregator needs to {args:?}"
         );
     }
+    // The mirror controller's default RBAC (mirror.rbac.allResources): every namespaced
+    // object, the stated risk of the default (README "Mirroring").
     for args in [
         &["get", "secrets", "-A"][..],
-        &["delete", "pods", "-A"],
-        &[
-            "update",
-            "leases.coordination.k8s.io/other",
-            "-n",
-            "fleetmirror-system",
-        ],
+        &["create", "configmaps", "-A"],
+        &["delete", "roles.rbac.authorization.k8s.io", "-A"],
+        &["watch", "namespaces"],
+    ] {
+        assert!(
+            can("fleetmirror-aggregator", args),
+            "the mirror controller needs to {args:?}"
+        );
+    }
+    // Never more than the seven verbs: no escalation, no impersonation.
+    for args in [
+        &["bind", "clusterroles.rbac.authorization.k8s.io"][..],
+        &["escalate", "clusterroles.rbac.authorization.k8s.io"],
+        &["impersonate", "users"],
+        &["approve", "certificatesigningrequests.certificates.k8s.io"],
     ] {
         assert!(
             !can("fleetmirror-aggregator", args),

@@ -334,6 +334,8 @@ async fn failing_writes_back_off_and_failing_watches_are_reported() {
     cfg.extra_args = vec![
         "--leader-elect=false".into(),
         "--watch-failure-grace=2s".into(),
+        // The RBAC given is the health controller's.
+        "--controllers=health".into(),
     ];
     VCluster::new(&ns, "vc")
         .create_complete(&client, "node-a")

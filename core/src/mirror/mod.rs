@@ -8,6 +8,7 @@
 pub mod glob;
 pub mod keys;
 pub mod kinds;
+pub mod pass;
 pub mod plan;
 pub mod render;
 pub mod selector;

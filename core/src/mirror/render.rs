@@ -165,7 +165,7 @@ pub fn mirror_hash(rendered: &Value, keys: &Keys) -> String {
 }
 
 /// The source a mirror names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceRef {
     /// Its namespace.
     pub namespace: String,

@@ -1,0 +1,804 @@
+//! One pass of the mirror controller over one kind, as a pure function of what the stores
+//! hold: which objects are sources, their targets, the rendering for each target, the write each
+//! (source, namespace) slot needs, the mirrors to delete, the Events to say — and nothing else.
+//! The aggregator runs it after every change and writes only what it returns.
+//!
+//! Level-based: desired = every source × its resolved targets, rendered; observed = the objects
+//! at mirror names (the mirror watch, overlaid by what the writer learnt from its own writes and
+//! reads); the plan creates, updates, recreates or deletes per slot. Garbage is part of the plan:
+//! a mirror that is ours for no source selecting its namespace is deleted — only when `gc`
+//! (every store of the kind listed, its source watch working), never in a terminating namespace,
+//! and never while its source's annotations are invalid (bad input never deletes).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::glob::Glob;
+use super::keys::Keys;
+use super::kinds::{KindRef, REFUSED_SECRET_TYPES};
+use super::plan::{Accepted, Decision, Observed, Owner, Source, decide, mirror_of, owner};
+use super::render::{self, SourceRef, string_map};
+use super::targets::{self, Limits, Namespace};
+use super::template::Context;
+use super::transform::{self, Outcome};
+use crate::status::Event;
+
+/// A mirror's place: (namespace, name).
+pub type Slot = (String, String);
+
+/// What shapes every pass (from the flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The keys under `--mirror-key-prefix`.
+    pub keys: Keys,
+    /// Exclusions, inclusions and the target limit.
+    pub limits: Limits,
+    /// `--mirror-source-namespaces` (empty: every namespace).
+    pub source_namespaces: Vec<Glob>,
+    /// `--mirror-strip-keys`.
+    pub strip: Vec<String>,
+}
+
+/// What one pass over a kind reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The kind (its watched version).
+    pub kind: &'a KindRef,
+    /// The objects of the source watch (labelled `<p>/enabled=true`).
+    pub sources: &'a [Value],
+    /// The objects at mirror names.
+    pub observed: &'a BTreeMap<Slot, Observed>,
+    /// Every namespace.
+    pub namespaces: &'a [Namespace],
+    /// Results of earlier writes the server normalised (no write loops).
+    pub accepted: &'a BTreeMap<Slot, Accepted>,
+    /// Deleting is safe: every store of the kind listed, its source watch working.
+    pub gc: bool,
+}
+
+/// A target's state (Diagnostics `MirrorState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// The mirror exists and shows the current rendering.
+    Mirrored,
+    /// Selected, not written yet.
+    Pending,
+    /// A foreign object or an older source's mirror holds the name.
+    Conflict,
+    /// Never written, by rule.
+    Refused,
+    /// The last attempt failed.
+    Error,
+}
+
+impl State {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Mirrored => "mirrored",
+            State::Pending => "pending",
+            State::Conflict => "conflict",
+            State::Refused => "refused",
+            State::Error => "error",
+        }
+    }
+}
+
+/// A write one slot needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// POST (never overwrites: an object appearing meanwhile makes it fail).
+    Create {
+        /// The rendering.
+        body: Value,
+    },
+    /// PUT with the resourceVersion of the object judged ours (in `body`).
+    Update {
+        /// The rendering plus what others set on the observed object.
+        body: Value,
+        /// kubemirror's mirror, taken over.
+        adopt: bool,
+    },
+    /// Delete (preconditions) then create.
+    Recreate {
+        /// The UID judged ours.
+        uid: String,
+        /// Its resourceVersion.
+        resource_version: String,
+        /// The rendering to create.
+        body: Value,
+        /// Why it cannot be updated.
+        why: &'static str,
+    },
+}
+
+/// One target of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The namespace.
+    pub namespace: String,
+    /// Its state before the write (a slot with a write is `Pending`).
+    pub state: State,
+    /// Why, in words (empty when mirrored).
+    pub reason: String,
+    /// The write it needs.
+    pub write: Option<Write>,
+    /// Hash of the rendering (empty when nothing was rendered), for [`Accepted`].
+    pub rendering: String,
+}
+
+/// The plan for one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcePlan {
+    /// Namespace, name, UID.
+    pub reference: SourceRef,
+    /// Its targets, sorted by namespace (selected and refused).
+    pub targets: Vec<Target>,
+    /// Its Events for this pass (the caller says each once, while it holds).
+    pub events: Vec<Event>,
+    /// Source-level problems, in words.
+    pub message: String,
+}
+
+/// A mirror to delete (garbage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delete {
+    /// Where.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The UID judged ours (precondition).
+    pub uid: String,
+    /// Its resourceVersion (precondition).
+    pub resource_version: String,
+}
+
+/// An Event on an object that is not a source (a mirror labelled as one; a labelled object
+/// outside `--mirror-source-namespaces`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectEvent {
+    /// The object.
+    pub object: SourceRef,
+    /// The Event.
+    pub event: Event,
+}
+
+/// A source being deleted that still carries kubemirror's finalizer, all its mirrors gone:
+/// the finalizer is removed (a JSON patch guarded by a test of `finalizers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The source.
+    pub object: SourceRef,
+    /// Its finalizers as observed (the test).
+    pub finalizers: Vec<String>,
+    /// The index of the legacy finalizer in them.
+    pub index: usize,
+}
+
+/// The plan for one kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindPlan {
+    /// Every source, with its targets.
+    pub sources: Vec<SourcePlan>,
+    /// Garbage.
+    pub deletes: Vec<Delete>,
+    /// Events on objects that are not sources.
+    pub object_events: Vec<ObjectEvent>,
+    /// Legacy finalizers to remove.
+    pub releases: Vec<Release>,
+}
+
+/// What a labelled object is.
+enum Verdict {
+    /// A source.
+    Source,
+    /// Not a source, silently (sync not "true", being deleted).
+    Not,
+    /// Not a source, with a `Refused` Event on it.
+    Refused(String),
+}
+
+fn reference(o: &Value) -> SourceRef {
+    let m = &o["metadata"];
+    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+    SourceRef {
+        namespace: s("namespace"),
+        name: s("name"),
+        uid: s("uid"),
+    }
+}
+
+fn verdict(settings: &Settings, o: &Value) -> Verdict {
+    let keys = &settings.keys;
+    let labels = string_map(o, "labels");
+    let ann = string_map(o, "annotations");
+    if labels.get(&keys.enabled()).map(String::as_str) != Some("true")
+        || ann.get(&keys.sync()).map(String::as_str) != Some("true")
+        || !o["metadata"]["deletionTimestamp"].is_null()
+    {
+        return Verdict::Not;
+    }
+    if labels.get(&keys.mirror()).map(String::as_str) == Some("true") {
+        return Verdict::Refused(format!(
+            "labelled {}=true: a mirror is never a source",
+            keys.mirror()
+        ));
+    }
+    let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+    if !settings.source_namespaces.is_empty()
+        && !settings.source_namespaces.iter().any(|g| g.matches(ns))
+    {
+        return Verdict::Refused(format!(
+            "namespace {ns} is not one of --mirror-source-namespaces: not mirrored"
+        ));
+    }
+    Verdict::Source
+}
+
+/// Names up to ten items, and how many more there are.
+pub fn some_of(items: &[String]) -> String {
+    let shown: Vec<&str> = items.iter().take(10).map(String::as_str).collect();
+    if items.len() > shown.len() {
+        format!(
+            "{} (and {} more)",
+            shown.join("; "),
+            items.len() - shown.len()
+        )
+    } else {
+        shown.join("; ")
+    }
+}
+
+fn warning(reason: &'static str, note: String) -> Event {
+    Event {
+        warning: true,
+        reason,
+        note,
+    }
+}
+
+/// Plans one pass over a kind.
+pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
+    let keys = &settings.keys;
+    let kind = input.kind;
+    let mut out = KindPlan::default();
+
+    // Which labelled objects are sources, and their targets.
+    let mut sources: Vec<(&Value, Source, targets::Resolution)> = Vec::new();
+    for o in input.sources {
+        match verdict(settings, o) {
+            Verdict::Source => {}
+            Verdict::Not => continue,
+            Verdict::Refused(why) => {
+                out.object_events.push(ObjectEvent {
+                    object: reference(o),
+                    event: warning("Refused", why),
+                });
+                continue;
+            }
+        }
+        let r = reference(o);
+        let resolution = targets::resolve(
+            keys,
+            &r.namespace,
+            &string_map(o, "annotations"),
+            input.namespaces,
+            &settings.limits,
+        );
+        let created = o["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        sources.push((
+            o,
+            Source {
+                reference: r,
+                created,
+            },
+            resolution,
+        ));
+    }
+    sources.sort_by(|a, b| {
+        (&a.1.reference.namespace, &a.1.reference.name)
+            .cmp(&(&b.1.reference.namespace, &b.1.reference.name))
+    });
+
+    // Who selects each slot: the oldest owns it.
+    let mut selecting: BTreeMap<Slot, Vec<&Source>> = BTreeMap::new();
+    for (_, s, r) in &sources {
+        for (ns, _) in &r.targets {
+            selecting
+                .entry((ns.clone(), s.reference.name.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    let older_than = |slot: &Slot, s: &Source| -> Option<SourceRef> {
+        selecting
+            .get(slot)?
+            .iter()
+            .filter(|o| o.older_than(s))
+            .min_by(|a, b| (&a.created, &a.reference.uid).cmp(&(&b.created, &b.reference.uid)))
+            .map(|o| o.reference.clone())
+    };
+
+    let mut desired: BTreeSet<Slot> = BTreeSet::new();
+    let mut kept_sources: BTreeSet<(String, String)> = BTreeSet::new();
+    for (o, s, r) in &sources {
+        let reference = &s.reference;
+        let mut events = Vec::new();
+        let mut problems = Vec::new();
+        if !r.invalid.is_empty() {
+            events.push(warning("InvalidTarget", r.invalid.join("; ")));
+            problems.push(r.invalid.join("; "));
+        }
+        if !r.may_delete {
+            kept_sources.insert((reference.namespace.clone(), reference.name.clone()));
+        }
+        if let Some((kept, all, first)) = &r.too_many {
+            let note = format!(
+                "{all} namespaces selected, the first {kept} by name kept (the limit); the first dropped is {first}"
+            );
+            events.push(warning("TooManyTargets", note.clone()));
+            problems.push(note);
+        }
+        let refused_type = (kind.group.is_empty() && kind.kind == "Secret")
+            .then(|| o["type"].as_str().unwrap_or("Opaque"))
+            .filter(|t| REFUSED_SECRET_TYPES.contains(t));
+        if let Some(t) = refused_type {
+            let note = format!("Secrets of type {t} are never mirrored");
+            events.push(warning("Refused", note.clone()));
+            problems.push(note);
+        }
+
+        let labels = string_map(o, "labels");
+        let annotations = string_map(o, "annotations");
+        let transform = annotations.get(&keys.transform()).cloned();
+        let strict = matches!(
+            annotations
+                .get(&keys.transform_strict())
+                .map(String::as_str),
+            Some("true" | "1")
+        );
+        let secret = kind.group.is_empty() && kind.kind == "Secret";
+        let source_hash = render::source_hash(o, keys, &settings.strip);
+        let mut targets: Vec<Target> = Vec::new();
+        let mut transform_errors: Vec<String> = Vec::new();
+        let mut conflicts: Vec<String> = Vec::new();
+        for (ns, exists) in &r.targets {
+            let slot = (ns.clone(), reference.name.clone());
+            let observed = input.observed.get(&slot);
+            let mut t = Target {
+                namespace: ns.clone(),
+                state: State::Pending,
+                reason: String::new(),
+                write: None,
+                rendering: String::new(),
+            };
+            if let Some(why) = &refused_type {
+                t.state = State::Refused;
+                t.reason = format!("Secrets of type {why} are never mirrored");
+                targets.push(t);
+                continue;
+            }
+            desired.insert(slot.clone());
+            if !exists {
+                t.reason = "the namespace does not exist (yet)".into();
+                targets.push(t);
+                continue;
+            }
+            let base = render::base(o, kind, ns, keys, &settings.strip);
+            let ctx = Context {
+                target_namespace: ns.clone(),
+                source_namespace: reference.namespace.clone(),
+                source_name: reference.name.clone(),
+                target_name: reference.name.clone(),
+                labels: labels.clone(),
+                annotations: annotations.clone(),
+            };
+            let rendered = match transform::apply(base, transform.as_deref(), strict, secret, &ctx)
+            {
+                Outcome::Write { object, errors } => {
+                    transform_errors.extend(errors.iter().map(|e| format!("{ns}: {e}")));
+                    object
+                }
+                Outcome::Refuse(errors) => {
+                    let why = errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    transform_errors.push(format!("{ns}: {why}"));
+                    t.state = State::Error;
+                    t.reason = format!(
+                        "the transform failed and this {} fails closed: nothing written ({why})",
+                        if strict {
+                            "source (transform-strict)"
+                        } else {
+                            "Secret"
+                        }
+                    );
+                    targets.push(t);
+                    continue;
+                }
+            };
+            let want = render::finish(rendered, keys, reference, &source_hash);
+            t.rendering = render::hash(&want);
+            let older = older_than(&slot, s);
+            match decide(
+                keys,
+                kind,
+                s,
+                &want,
+                observed,
+                older.as_ref(),
+                input.accepted.get(&slot),
+            ) {
+                Decision::UpToDate => t.state = State::Mirrored,
+                Decision::Create if !r.may_create => {
+                    t.state = State::Error;
+                    t.reason =
+                        "no new mirror while the source's exclude-namespaces cannot be read".into();
+                }
+                Decision::Create => {
+                    t.reason = "being created".into();
+                    t.write = Some(Write::Create { body: want });
+                }
+                Decision::Update { adopt } => {
+                    let obs = observed.expect("an update has an object");
+                    t.reason = if adopt {
+                        "kubemirror's mirror being adopted".into()
+                    } else {
+                        "being updated".into()
+                    };
+                    t.write = Some(Write::Update {
+                        body: super::plan::update_body(kind, &want, obs),
+                        adopt,
+                    });
+                }
+                Decision::Recreate(why) => {
+                    let obs = observed.expect("a recreate has an object");
+                    t.reason = format!("being recreated: {why}");
+                    t.write = Some(Write::Recreate {
+                        uid: obs.uid().to_owned(),
+                        resource_version: obs.resource_version().to_owned(),
+                        body: want,
+                        why,
+                    });
+                }
+                Decision::Conflict(why) => {
+                    t.state = State::Conflict;
+                    conflicts.push(format!("{ns}: {why}"));
+                    t.reason = why;
+                }
+            }
+            targets.push(t);
+        }
+        for refusal in &r.refused {
+            targets.push(Target {
+                namespace: refusal.namespace.clone(),
+                state: State::Refused,
+                reason: refusal.reason.clone(),
+                write: None,
+                rendering: String::new(),
+            });
+        }
+        targets.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        if !transform_errors.is_empty() {
+            events.push(warning(
+                "TransformFailed",
+                format!(
+                    "{} ({} namespaces)",
+                    some_of(&transform_errors),
+                    transform_errors.len()
+                ),
+            ));
+        }
+        if !conflicts.is_empty() {
+            events.push(warning(
+                "Conflict",
+                format!(
+                    "the name is held by an object that is not this source's mirror in {} namespace(s), left untouched: {}",
+                    conflicts.len(),
+                    some_of(&conflicts)
+                ),
+            ));
+        }
+        out.sources.push(SourcePlan {
+            reference: reference.clone(),
+            targets,
+            events,
+            message: problems.join("; "),
+        });
+    }
+
+    // Garbage: our mirrors no source selects (and kubemirror's of a source being deleted).
+    let terminating: BTreeSet<&str> = input
+        .namespaces
+        .iter()
+        .filter(|n| n.terminating)
+        .map(|n| n.name.as_str())
+        .collect();
+    let deleting: Vec<SourceRef> = input
+        .sources
+        .iter()
+        .filter(|o| !o["metadata"]["deletionTimestamp"].is_null())
+        .map(reference)
+        .collect();
+    let mut remaining: BTreeSet<SourceRef> = BTreeSet::new();
+    for (slot, obs) in input.observed {
+        let of_deleting = deleting
+            .iter()
+            .find(|d| owner(keys, obs, d) == Owner::Kubemirror);
+        let ours = mirror_of(keys, obs);
+        let source = match (&ours, of_deleting) {
+            (Some(s), _) => s.clone(),
+            (None, Some(d)) => (d.namespace.clone(), d.name.clone()),
+            (None, None) => continue,
+        };
+        for d in deleting
+            .iter()
+            .filter(|d| (d.namespace.clone(), d.name.clone()) == source)
+        {
+            remaining.insert(d.clone());
+        }
+        if desired.contains(slot)
+            || kept_sources.contains(&source)
+            || !input.gc
+            || terminating.contains(slot.0.as_str())
+        {
+            continue;
+        }
+        out.deletes.push(Delete {
+            namespace: slot.0.clone(),
+            name: slot.1.clone(),
+            uid: obs.uid().to_owned(),
+            resource_version: obs.resource_version().to_owned(),
+        });
+    }
+
+    // kubemirror's finalizer on a source being deleted: released once its mirrors are gone.
+    if input.gc {
+        let legacy = keys.legacy_finalizer();
+        for o in input
+            .sources
+            .iter()
+            .filter(|o| !o["metadata"]["deletionTimestamp"].is_null())
+        {
+            let r = reference(o);
+            let finalizers: Vec<String> = o["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect();
+            let Some(index) = finalizers.iter().position(|f| *f == legacy) else {
+                continue;
+            };
+            if remaining.contains(&r) {
+                continue;
+            }
+            out.releases.push(Release {
+                object: r,
+                finalizers,
+                index,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings {
+            keys: Keys::new("fleetmirror.io").unwrap(),
+            limits: Limits {
+                excluded: targets::globs("x", "kube-system").unwrap(),
+                included: vec![],
+                max_targets: 100,
+            },
+            source_namespaces: vec![],
+            strip: render::strip_keys(render::DEFAULT_STRIP_KEYS),
+        }
+    }
+
+    fn cm() -> KindRef {
+        KindRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+        }
+    }
+
+    fn ns(name: &str) -> Namespace {
+        Namespace {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            terminating: false,
+        }
+    }
+
+    fn source(ns: &str, uid: &str, created: &str, targets: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "shared", "namespace": ns, "uid": uid, "resourceVersion": "1",
+                "creationTimestamp": created,
+                "labels": {"fleetmirror.io/enabled": "true"},
+                "annotations": {"fleetmirror.io/sync": "true", "fleetmirror.io/target-namespaces": targets},
+            },
+            "data": {"k": "v"},
+        })
+    }
+
+    fn run(sources: &[Value], observed: &BTreeMap<Slot, Observed>, gc: bool) -> KindPlan {
+        let namespaces: Vec<Namespace> = ["a", "b", "c", "src", "src2"].map(ns).to_vec();
+        plan(
+            &settings(),
+            &Input {
+                kind: &cm(),
+                sources,
+                observed,
+                namespaces: &namespaces,
+                accepted: &BTreeMap::new(),
+                gc,
+            },
+        )
+    }
+
+    fn created(p: &KindPlan) -> BTreeMap<String, Value> {
+        p.sources
+            .iter()
+            .flat_map(|s| &s.targets)
+            .filter_map(|t| match &t.write {
+                Some(Write::Create { body }) => Some((t.namespace.clone(), body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_source_creates_its_mirrors_and_a_second_pass_writes_nothing() {
+        let s = source("src", "u1", "2026-01-01T00:00:00Z", "a,b,missing");
+        let p = run(std::slice::from_ref(&s), &BTreeMap::new(), true);
+        let made = created(&p);
+        assert_eq!(made.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let t = &p.sources[0].targets;
+        assert_eq!(t[2].namespace, "missing");
+        assert_eq!(t[2].state, State::Pending);
+        // The created objects observed: nothing more to do.
+        let observed: BTreeMap<Slot, Observed> = made
+            .into_iter()
+            .map(|(ns, mut body)| {
+                body["metadata"]["uid"] = json!(format!("m-{ns}"));
+                body["metadata"]["resourceVersion"] = json!("5");
+                ((ns, "shared".into()), Observed { object: body })
+            })
+            .collect();
+        let p = run(&[s], &observed, true);
+        assert!(created(&p).is_empty());
+        assert!(p.deletes.is_empty());
+        assert!(
+            p.sources[0]
+                .targets
+                .iter()
+                .filter(|t| t.namespace != "missing")
+                .all(|t| t.state == State::Mirrored && t.write.is_none())
+        );
+    }
+
+    #[test]
+    fn garbage_is_deleted_only_when_safe_and_never_for_bad_input() {
+        let s = source("src", "u1", "2026-01-01T00:00:00Z", "a");
+        let first = created(&run(std::slice::from_ref(&s), &BTreeMap::new(), true));
+        let mut observed: BTreeMap<Slot, Observed> = BTreeMap::new();
+        for ns in ["a", "b"] {
+            let mut body = first["a"].clone();
+            body["metadata"]["namespace"] = json!(ns);
+            body["metadata"]["uid"] = json!(format!("m-{ns}"));
+            body["metadata"]["resourceVersion"] = json!("7");
+            observed.insert((ns.into(), "shared".into()), Observed { object: body });
+        }
+        // b is no longer selected: deleted, with preconditions.
+        let p = run(std::slice::from_ref(&s), &observed, true);
+        assert_eq!(
+            p.deletes,
+            [Delete {
+                namespace: "b".into(),
+                name: "shared".into(),
+                uid: "m-b".into(),
+                resource_version: "7".into()
+            }]
+        );
+        // Not while the stores are not trustworthy.
+        assert!(
+            run(std::slice::from_ref(&s), &observed, false)
+                .deletes
+                .is_empty()
+        );
+        // Not while the source's annotations are invalid.
+        let bad = source("src", "u1", "2026-01-01T00:00:00Z", "a,app-[");
+        let p = run(&[bad], &observed, true);
+        assert!(p.deletes.is_empty());
+        assert_eq!(p.sources[0].events[0].reason, "InvalidTarget");
+        // The source gone (sync removed): every mirror of it goes.
+        let mut off = s.clone();
+        off["metadata"]["annotations"]["fleetmirror.io/sync"] = json!("false");
+        assert_eq!(run(&[off], &observed, true).deletes.len(), 2);
+    }
+
+    #[test]
+    fn the_older_of_two_sources_owns_a_slot() {
+        let old = source("src", "u-old", "2026-01-01T00:00:00Z", "a");
+        let young = source("src2", "u-young", "2026-02-01T00:00:00Z", "a");
+        let p = run(&[young.clone(), old.clone()], &BTreeMap::new(), true);
+        let by_ns: BTreeMap<&str, &SourcePlan> = p
+            .sources
+            .iter()
+            .map(|s| (s.reference.namespace.as_str(), s))
+            .collect();
+        assert!(matches!(
+            by_ns["src"].targets[0].write,
+            Some(Write::Create { .. })
+        ));
+        assert_eq!(by_ns["src2"].targets[0].state, State::Conflict);
+        assert_eq!(by_ns["src2"].events[0].reason, "Conflict");
+    }
+
+    #[test]
+    fn refused_objects_and_mirrors_labelled_as_sources_get_events_not_mirrors() {
+        let mut token = source("src", "u1", "2026-01-01T00:00:00Z", "a");
+        token["kind"] = json!("Secret");
+        token["type"] = json!("kubernetes.io/service-account-token");
+        let secret = KindRef {
+            kind: "Secret".into(),
+            ..cm()
+        };
+        let namespaces = [ns("a"), ns("src")];
+        let p = plan(
+            &settings(),
+            &Input {
+                kind: &secret,
+                sources: &[token],
+                observed: &BTreeMap::new(),
+                namespaces: &namespaces,
+                accepted: &BTreeMap::new(),
+                gc: true,
+            },
+        );
+        assert_eq!(p.sources[0].targets[0].state, State::Refused);
+        assert!(p.sources[0].targets[0].write.is_none());
+        assert_eq!(p.sources[0].events[0].reason, "Refused");
+
+        let mut mirror = source("src", "u2", "2026-01-01T00:00:00Z", "a");
+        mirror["metadata"]["labels"]["fleetmirror.io/mirror"] = json!("true");
+        let p = run(&[mirror], &BTreeMap::new(), true);
+        assert!(p.sources.is_empty());
+        assert_eq!(p.object_events[0].event.reason, "Refused");
+    }
+
+    #[test]
+    fn a_deleting_source_with_kubemirrors_finalizer_is_released_once_its_mirrors_are_gone() {
+        let mut s = source("src", "u1", "2026-01-01T00:00:00Z", "a");
+        s["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+        s["metadata"]["finalizers"] = json!(["x/y", "fleetmirror.io/finalizer"]);
+        let mirror = json!({
+            "metadata": {"name": "shared", "namespace": "a", "uid": "m", "resourceVersion": "3",
+                "labels": {"fleetmirror.io/managed-by": "kubemirror", "fleetmirror.io/mirror": "true"},
+                "annotations": {"fleetmirror.io/source-namespace": "src", "fleetmirror.io/source-name": "shared", "fleetmirror.io/source-uid": "u1"}},
+        });
+        let observed =
+            BTreeMap::from([(("a".into(), "shared".into()), Observed { object: mirror })]);
+        let p = run(std::slice::from_ref(&s), &observed, true);
+        assert_eq!(p.deletes.len(), 1, "kubemirror's mirror of it goes");
+        assert!(p.releases.is_empty(), "not while a mirror remains");
+        let p = run(&[s], &BTreeMap::new(), true);
+        assert_eq!(p.releases.len(), 1);
+        assert_eq!(p.releases[0].index, 1);
+    }
+}
