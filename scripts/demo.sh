@@ -2,6 +2,7 @@
 # fleetmirror's main job on an embedded default, on this machine:
 #   * a local control plane (etcd + kube-apiserver, scripts/control-plane.sh),
 #   * the CRDs and the sample fleet (fleet.yaml, examples/sample-fleet.yaml: two vClusters),
+#     and a sample Secret to mirror (examples/mirror-secret.yaml: platform → every team-*),
 #   * fleetmirror-aggregator (gRPC :9090, admin :8080, leader election on),
 #   * fleetmirror-agent for node "demo-node", in a private mount namespace with a temporary
 #     kubelet root holding the sample pods' directories, bind-mounting them under a temporary
@@ -77,6 +78,7 @@ kubectl wait --for=condition=Established crd/vclusterhealths.fleetmirror.io --ti
 kubectl create namespace fleetmirror-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -f examples/sample-fleet.yaml >/dev/null
 kubectl apply -f fleet.yaml >/dev/null
+kubectl apply -f examples/mirror-secret.yaml >/dev/null
 # No kubelet here: set pod status through the status subresource, as a kubelet would.
 set_status() { # namespace pod ready
   kubectl -n "$1" patch pod "$2" --subresource=status --type=merge \
@@ -155,6 +157,8 @@ node_reported() {
 wait_for "the agent's report of six mounts" node_reported
 scored() { [ "$(kubectl get vclusterhealth -n default fleet -o jsonpath='{.status.summary.total}')" = 2 ]; }
 wait_for "the sample fleet's status" scored
+mirrored() { [ "$(kubectl get secret -A -l fleetmirror.io/mirror=true -o name | grep -c registry-credentials)" = 2 ]; }
+wait_for "the sample Secret mirrored into team-alpha and team-beta" mirrored
 
 A=127.0.0.1:$GRPC_PORT
 cat <<EOF
@@ -170,6 +174,15 @@ $(kubectl get vclusterhealth -A | sed 's/^/  /')
 
 Per vCluster (kubectl get vclusterhealth -n default fleet -o jsonpath='{range .status.syncCoverage[*]}...'):
 $(kubectl get vclusterhealth -n default fleet -o jsonpath='{range .status.syncCoverage[*]}  {.namespace}/{.clusterName}: {.score} {.level}, mounts {.mountCoverage}{"\n"}    {.message}{"\n"}{end}')
+
+The sample Secret platform/registry-credentials, mirrored into every team-* namespace
+(kubectl get secret -A -l fleetmirror.io/mirror=true):
+$(kubectl get secret -A -l fleetmirror.io/mirror=true | sed 's/^/  /')
+Its mirror in team-alpha, with the transform applied (PULL_SCOPE per namespace, no ADMIN_TOKEN):
+$(kubectl get secret -n team-alpha registry-credentials -o go-template='{{range $k, $v := .data}}  {{$k}}={{$v | base64decode}}{{"\n"}}{{end}}')
+
+The source and its targets (grpcurl -plaintext -d '{"kind":"Secret","namespace":"platform","name":"registry-credentials"}' $A fleetmirror.v1.Diagnostics/GetMirror):
+$(grpcurl -plaintext -d '{"kind":"Secret","namespace":"platform","name":"registry-credentials"}' "$A" fleetmirror.v1.Diagnostics/GetMirror | sed 's/^/  /')
 
 Services the aggregator serves (server reflection, no .proto files):
 $(grpcurl -plaintext "$A" list | sed 's/^/  /')
@@ -192,6 +205,9 @@ Try:
   curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ^fleetmirror_
   curl -s http://127.0.0.1:$AGENT_ADMIN_PORT/metrics | grep ^fleetmirror_agent_mounts
   kubectl get lease -n fleetmirror-system fleetmirror-aggregator
+  kubectl describe secret -n platform registry-credentials             # mirror Events, if any
+  grpcurl -plaintext -d '{"namespace":"platform"}' $A fleetmirror.v1.Diagnostics/ListMirrors   # sources, and every kind
+  kubectl create namespace team-gamma                                   # ... and it gets its mirror
 EOF
 
 if [ "$check" = 1 ]; then
@@ -202,6 +218,10 @@ if [ "$check" = 1 ]; then
   kubectl get vclusterhealth -n default fleet >/dev/null || die "the sample fleet is missing"
   nsenter -t "$AGENT_PID" -m -- cat "$LOFT_ROOT/alpha/kubelet/pods/9a41e7c2-0d3b-4f86-a5e1-27c9b8d4f315/etc-hosts" | grep -q 'pod web-0' \
     || die "alpha's web-0 is not readable through its loft mount"
+  scope=$(kubectl get secret -n team-beta registry-credentials -o jsonpath='{.data.PULL_SCOPE}' | base64 -d)
+  [ "$scope" = team-beta ] || die "the mirror in team-beta shows PULL_SCOPE=$scope, not its namespace"
+  [ -z "$(kubectl get secret -n team-beta registry-credentials -o jsonpath='{.data.ADMIN_TOKEN}')" ] \
+    || die "the ADMIN_TOKEN reached a mirror"
   echo "demo check: ok"
   exit 0
 fi

@@ -56,8 +56,9 @@ impl Controller {
 }
 
 /// fleetmirror-aggregator: scores every vCluster of the fleet from node agents' reports,
-/// writes VClusterHealth status, and serves the read-only Diagnostics gRPC API (grpcurl works
-/// through server reflection). Only the leader (Lease `fleetmirror-aggregator`) writes.
+/// writes VClusterHealth status, mirrors labelled objects across namespaces, and serves the
+/// read-only Diagnostics gRPC API (grpcurl works through server reflection). Only the leader
+/// (Lease `fleetmirror-aggregator`) writes.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fleetmirror-aggregator", version, about, long_about = None)]
 pub struct Args {
@@ -118,8 +119,8 @@ pub struct Args {
     /// The controllers this process runs, comma-separated: `health`, `mirror`, `routing`,
     /// `integrations`. A controller not listed starts no watch and needs none of its RBAC; its
     /// Diagnostics methods answer FAILED_PRECONDITION. gRPC, the admin server, agent reports
-    /// and leader election always run. (This version implements `health`; the others are
-    /// accepted and reported as not built yet.)
+    /// and leader election always run. (This version implements `health` and `mirror`;
+    /// `routing` and `integrations` are accepted and reported as not built yet.)
     #[arg(long, env = "FLEETMIRROR_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Controller::Health, Controller::Mirror, Controller::Routing, Controller::Integrations])]
     pub controllers: Vec<Controller>,
 

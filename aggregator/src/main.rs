@@ -169,13 +169,13 @@ async fn main() -> anyhow::Result<()> {
             "mirror controller: {}",
             if config.resource_types.is_some() { "the listed kinds" } else { "auto-discovery" }
         );
-        let controller = fleetmirror_aggregator::mirror::MirrorController {
-            ctx: ctx.clone(),
+        let controller = fleetmirror_aggregator::mirror::MirrorController::new(
+            ctx.clone(),
             config,
-            view: mirror_view.clone(),
+            mirror_view.clone(),
             metrics,
-            ready: readiness.register("mirror"),
-        };
+            readiness.register("mirror"),
+        );
         tasks.spawn("mirror controller", controller.run());
     }
     if args.leader_elect {

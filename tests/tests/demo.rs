@@ -52,6 +52,14 @@ fn demo_starts_everything_and_shows_it() {
         "{log}"
     );
     assert!(
+        stdout.contains("PULL_SCOPE=team-alpha") && !stdout.contains("ADMIN_TOKEN="),
+        "the sample Secret's mirror, transformed:\n{log}"
+    );
+    assert!(
+        stdout.contains("MIRROR_STATE_MIRRORED") && stdout.contains("\"namespace\": \"team-beta\""),
+        "GetMirror shows the mirrored targets:\n{log}"
+    );
+    assert!(
         stdout.contains("team-alpha/alpha: 100 Full, mounts 4/4"),
         "alpha is Full:\n{log}"
     );

@@ -145,6 +145,37 @@ fn trim(o: &mut DynamicObject) {
     o.metadata.managed_fields = None;
 }
 
+/// A ConfigMap or Secret mirror is kept as metadata plus the hash of its content (see
+/// `fleetmirror_core::mirror::render::compact`): memory does not grow with what mirrors hold.
+fn trim_compact(o: &mut DynamicObject, kind: &KindRef) {
+    o.metadata.managed_fields = None;
+    if let serde_json::Value::Object(m) = &mut o.data {
+        fleetmirror_core::mirror::render::compact(m, kind);
+    }
+}
+
+fn trim_configmap_mirror(o: &mut DynamicObject) {
+    trim_compact(
+        o,
+        &KindRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+        },
+    );
+}
+
+fn trim_secret_mirror(o: &mut DynamicObject) {
+    trim_compact(
+        o,
+        &KindRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Secret".into(),
+        },
+    );
+}
+
 /// Every resource the API server serves, per group version; groups that fail are skipped.
 async fn discover(client: &kube::Client) -> Result<Vec<Discovered>, String> {
     let mut out = Vec::new();
@@ -373,20 +404,31 @@ impl Kinds {
             format!("mirror-mirrors-{kind}"),
         ];
         let high_water = Arc::new(AtomicU64::new(0));
-        let store = |sel: &str, name: &str, hw: Option<Arc<AtomicU64>>| {
-            ctx.watches.dynamic_store_until(
-                ar,
-                None,
-                watcher::Config::default().labels(sel),
-                trim,
-                trigger,
-                name,
-                Some(stop.clone()),
-                hw,
-            )
+        let store =
+            |sel: &str, name: &str, trim: fn(&mut DynamicObject), hw: Option<Arc<AtomicU64>>| {
+                ctx.watches.dynamic_store_until(
+                    ar,
+                    None,
+                    watcher::Config::default().labels(sel),
+                    trim,
+                    trigger,
+                    name,
+                    Some(stop.clone()),
+                    hw,
+                )
+            };
+        let mirror_trim: fn(&mut DynamicObject) = match (kind.group.as_str(), kind.kind.as_str()) {
+            ("", "ConfigMap") => trim_configmap_mirror,
+            ("", "Secret") => trim_secret_mirror,
+            _ => trim,
         };
-        let sources = store(&selectors[0], &names[0], None);
-        let mirrors = store(&selectors[1], &names[1], Some(high_water.clone()));
+        let sources = store(&selectors[0], &names[0], trim, None);
+        let mirrors = store(
+            &selectors[1],
+            &names[1],
+            mirror_trim,
+            Some(high_water.clone()),
+        );
         let listed = [
             when_listed(&sources, trigger, &stop),
             when_listed(&mirrors, trigger, &stop),

@@ -59,7 +59,9 @@ use writer::{Done, Op, Writer};
 
 /// The name used in metrics and `--controllers`.
 pub const NAME: &str = "mirror";
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a pass waits after the first change: long enough to take a burst of events in one
+/// pass, short against a write's round trip.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 /// How long what a write returned stands in for a mirror the watch has not delivered yet.
 const KNOWN_TTL: Duration = Duration::from_secs(30);
 /// The first retry of a discovery that failed.
@@ -238,16 +240,15 @@ impl KindMemory {
 
 /// Runs the controller until shutdown.
 pub struct MirrorController {
-    /// The platform.
-    pub ctx: Context,
-    /// The flags.
-    pub config: MirrorConfig,
+    ctx: Context,
+    config: MirrorConfig,
     /// What Diagnostics answers.
-    pub view: Arc<MirrorView>,
-    /// `fleetmirror_mirror_*`.
-    pub metrics: MirrorMetrics,
+    view: Arc<MirrorView>,
+    metrics: MirrorMetrics,
     /// Ready once the namespaces and every watched kind were listed.
-    pub ready: ReadyFlag,
+    ready: ReadyFlag,
+    /// Kinds whose watch fails (counted once per failure in `errors_total{category="watch"}`).
+    failing: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for MirrorController {
@@ -279,6 +280,25 @@ struct PassView {
 }
 
 impl MirrorController {
+    /// A controller on `ctx` with `config`, publishing to `view` and `metrics`, ready through
+    /// `ready`.
+    pub fn new(
+        ctx: Context,
+        config: MirrorConfig,
+        view: Arc<MirrorView>,
+        metrics: MirrorMetrics,
+        ready: ReadyFlag,
+    ) -> Self {
+        Self {
+            ctx,
+            config,
+            view,
+            metrics,
+            ready,
+            failing: Default::default(),
+        }
+    }
+
     /// Discovers, watches, passes and writes until shutdown.
     pub async fn run(self) -> Result<(), BoxError> {
         let shutdown = self.ctx.tasks.token().clone();
@@ -303,6 +323,9 @@ impl MirrorController {
         let mut next_discovery = Instant::now();
         let mut discovered = false;
         let mut next_resync = Instant::now() + self.config.resync_interval;
+        // Woken by a change (an event, a resync, a first pass, leadership): conflicts are read
+        // again at once; woken by a deadline (a retry, a probe): only what is due.
+        let mut changed = true;
         loop {
             let now = Instant::now();
             if now >= next_discovery {
@@ -325,12 +348,14 @@ impl MirrorController {
             }
             if now >= next_resync {
                 next_resync = now + self.config.resync_interval;
+                changed = true;
             }
             let mut again = false;
             if let (Some(term), true) = (leadership.term(), ns_listed) {
                 let started = Instant::now();
                 let (view, repass) = self
                     .pass(
+                        changed,
                         &term,
                         &kinds,
                         &namespaces,
@@ -356,18 +381,39 @@ impl MirrorController {
             .unwrap_or(next_resync);
             if again {
                 tokio::time::sleep(DEBOUNCE).await;
+                changed = true;
                 continue;
             }
-            tokio::select! {
-                _ = trigger.notified() => tokio::time::sleep(DEBOUNCE).await,
-                _ = tokio::time::sleep_until(wake_at.into()) => {}
-                r = leadership.changed() => if r.is_err() { return Ok(()) },
+            changed = tokio::select! {
+                _ = trigger.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    true
+                }
+                _ = tokio::time::sleep_until(wake_at.into()) => false,
+                r = leadership.changed() => if r.is_err() { return Ok(()) } else { true },
                 _ = shutdown.cancelled() => return Ok(()),
-            }
+            };
         }
     }
 
     fn publish_kinds(&self, kinds: &kinds::Kinds, counts: Option<&KindCounts>) {
+        let failing: BTreeSet<(String, String)> = kinds
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.watch
+                    .as_ref()
+                    .is_some_and(|w| w.names.iter().any(|n| self.ctx.watches.erring(n)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        {
+            let mut before = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in failing.difference(&before) {
+                self.metrics.error("watch");
+            }
+            *before = failing;
+        }
         let list: Vec<fleetmirror_proto::v1::MirrorKind> = kinds
             .entries
             .iter()
@@ -408,6 +454,7 @@ impl MirrorController {
     #[allow(clippy::too_many_arguments)]
     async fn pass(
         &self,
+        changed: bool,
         term: &Term,
         kinds: &kinds::Kinds,
         namespaces: &Store<PartialObjectMeta<K8sNamespace>>,
@@ -524,7 +571,7 @@ impl MirrorController {
                                     let d = b.fail();
                                     (b, now + d)
                                 });
-                                if probe.1 <= now {
+                                if probe.1 <= now || changed {
                                     probe.1 = now + probe.0.fail();
                                     slot_source.insert(slot.clone(), i);
                                     ops.push(Op::Probe { slot });
@@ -578,9 +625,10 @@ impl MirrorController {
                             slot.clone(),
                             Accepted {
                                 rendering,
-                                result: fingerprint(&object),
+                                result: fingerprint(&object, &entry.kind),
                             },
                         );
+                        let object = compacted(object, &entry.kind);
                         mem.known
                             .insert(slot.clone(), Known::Object { object, at: now });
                         mem.failures.remove(&slot);
@@ -610,9 +658,22 @@ impl MirrorController {
                         mem.failures.remove(&slot);
                     }
                     Done::Seen { slot, object } => {
+                        // Read again and unchanged (a probe of a conflict): nothing to judge.
+                        let unchanged = match (&object, observed.get(&slot)) {
+                            (Some(o), Some(before)) => {
+                                uid_of(o) == before.uid()
+                                    && o["metadata"]["resourceVersion"].as_str()
+                                        == Some(before.resource_version())
+                            }
+                            _ => false,
+                        };
+                        if unchanged {
+                            continue;
+                        }
                         again = true;
                         match object {
                             Some(object) => {
+                                let object = compacted(object, &entry.kind);
                                 mem.known
                                     .insert(slot.clone(), Known::Object { object, at: now });
                             }
@@ -796,6 +857,15 @@ impl MirrorController {
             said.0.insert(uid, now);
         }
     }
+}
+
+/// What the controller keeps of an object it wrote or read: a ConfigMap or Secret compacted as
+/// the mirror watch keeps it.
+fn compacted(mut object: Value, kind: &KindRef) -> Value {
+    if let Value::Object(m) = &mut object {
+        fleetmirror_core::mirror::render::compact(m, kind);
+    }
+    object
 }
 
 fn object_ref(kind: &KindRef, r: &SourceRef) -> ObjectReference {

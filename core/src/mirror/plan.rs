@@ -134,12 +134,19 @@ pub enum Decision {
 }
 
 /// The fingerprint of what a mirror shows (its compared content), to recognise the server's
-/// normalisation of our own write.
-pub fn fingerprint(object: &Value) -> String {
+/// normalisation of our own write. The same for a mirror and its compacted form.
+pub fn fingerprint(object: &Value, kind: &KindRef) -> String {
     let mut m = serde_json::Map::new();
-    for (k, v) in object.as_object().into_iter().flatten() {
-        if !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind") {
-            m.insert(k.clone(), v.clone());
+    if super::render::exact(kind) {
+        m.insert(
+            "content".into(),
+            Value::String(super::render::content_hash(object, kind)),
+        );
+    } else {
+        for (k, v) in object.as_object().into_iter().flatten() {
+            if !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind") {
+                m.insert(k.clone(), v.clone());
+            }
         }
     }
     m.insert("labels".into(), object["metadata"]["labels"].clone());
@@ -216,8 +223,9 @@ pub fn decide(
         return Decision::UpToDate;
     }
     if !adopt
-        && accepted
-            .is_some_and(|a| a.rendering == hash(want) && a.result == fingerprint(&obs.object))
+        && accepted.is_some_and(|a| {
+            a.rendering == hash(want) && a.result == fingerprint(&obs.object, kind)
+        })
     {
         // The server normalised our last write (or a webhook added to it): accepted, no loop.
         return Decision::UpToDate;
@@ -499,7 +507,7 @@ mod tests {
         );
         let acc = Accepted {
             rendering: hash(&w),
-            result: fingerprint(&got.object),
+            result: fingerprint(&got.object, &deploy),
         };
         assert_eq!(
             decide(&k, &deploy, &s, &w, Some(&got), None, Some(&acc)),

@@ -223,10 +223,68 @@ fn map_of<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Map<String, Value>> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_object()
 }
 
+/// Where a compacted ConfigMap or Secret mirror keeps the hash of its content (see
+/// [`compact`]); no API field can have this name.
+pub const CONTENT: &str = "$fleetmirror.content";
+
+/// ConfigMaps and Secrets: their content is compared exactly (so a hash of it suffices).
+pub fn exact(kind: &KindRef) -> bool {
+    is_core(kind, "ConfigMap") || is_core(kind, "Secret")
+}
+
+/// The hash of what a ConfigMap or Secret holds, as [`shows`] compares it: every top-level
+/// field but apiVersion, kind, metadata and status, with `type` absent = Opaque (a Secret),
+/// `immutable` absent = false, and an empty or absent `data` / `binaryData` alike. A compacted
+/// object answers with the hash it keeps.
+pub fn content_hash(obj: &Value, kind: &KindRef) -> String {
+    if let Some(h) = obj.get(CONTENT).and_then(Value::as_str) {
+        return h.to_owned();
+    }
+    let mut m = Map::new();
+    for (k, v) in obj.as_object().into_iter().flatten() {
+        if matches!(k.as_str(), "metadata" | "apiVersion" | "kind" | "status") {
+            continue;
+        }
+        let empty = v.is_null() || v.as_object().is_some_and(Map::is_empty);
+        if matches!(k.as_str(), "data" | "binaryData") && empty {
+            continue;
+        }
+        m.insert(k.clone(), v.clone());
+    }
+    if is_core(kind, "Secret") {
+        m.entry("type").or_insert_with(|| "Opaque".into());
+    }
+    if m.get("immutable")
+        .is_some_and(|v| v == &Value::Bool(false) || v.is_null())
+    {
+        m.remove("immutable");
+    }
+    hash(&Value::Object(m))
+}
+
+/// Replaces what a ConfigMap or Secret (`obj`'s top-level fields but apiVersion, kind and
+/// metadata) holds by the hash of it, keeping `type` and `immutable`: what the mirror watch
+/// stores of each mirror, so memory does not grow with what mirrors hold. Other kinds are left
+/// whole (their comparison needs the fields: the server adds defaults).
+pub fn compact(obj: &mut Map<String, Value>, kind: &KindRef) {
+    if !exact(kind) || obj.contains_key(CONTENT) {
+        return;
+    }
+    let h = content_hash(&Value::Object(obj.clone()), kind);
+    obj.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "metadata" | "apiVersion" | "kind" | "type" | "immutable"
+        )
+    });
+    obj.insert(CONTENT.into(), Value::String(h));
+}
+
 /// True when the observed mirror `have` shows the rendering `want` (the spec's rules): labels
-/// and annotations equal exactly; for ConfigMaps and Secrets `data`, `binaryData`, `type`
-/// (absent = Opaque) and `immutable` (absent = false) equal exactly; every other top-level field
-/// of `want` contained in `have`'s.
+/// and annotations equal exactly; for ConfigMaps and Secrets everything they hold equal exactly
+/// (`type` absent = Opaque, `immutable` absent = false; compared by [`content_hash`], which also
+/// answers for a [`compact`]ed mirror); for other kinds every top-level field of `want`
+/// contained in `have`'s.
 pub fn shows(have: &Value, want: &Value, kind: &KindRef) -> bool {
     let empty = Map::new();
     for field in ["labels", "annotations"] {
@@ -236,33 +294,11 @@ pub fn shows(have: &Value, want: &Value, kind: &KindRef) -> bool {
             return false;
         }
     }
-    let exact = is_core(kind, "ConfigMap") || is_core(kind, "Secret");
-    if exact {
-        for field in ["data", "binaryData"] {
-            let h = have.get(field).and_then(Value::as_object).unwrap_or(&empty);
-            let w = want.get(field).and_then(Value::as_object).unwrap_or(&empty);
-            if h != w {
-                return false;
-            }
-        }
-        let t = |v: &Value| {
-            v.get("type")
-                .and_then(Value::as_str)
-                .unwrap_or(if is_core(kind, "Secret") {
-                    "Opaque"
-                } else {
-                    ""
-                })
-                .to_owned()
-        };
-        let imm = |v: &Value| v.get("immutable").and_then(Value::as_bool).unwrap_or(false);
-        if t(have) != t(want) || imm(have) != imm(want) {
-            return false;
-        }
+    if exact(kind) {
+        return content_hash(have, kind) == content_hash(want, kind);
     }
     want.as_object().into_iter().flatten().all(|(k, w)| {
         matches!(k.as_str(), "metadata" | "apiVersion" | "kind" | "status")
-            || (exact && matches!(k.as_str(), "data" | "binaryData" | "type" | "immutable"))
             || have.get(k).is_some_and(|h| contains(h, w))
     })
 }
@@ -464,5 +500,58 @@ mod tests {
         let ws = json!({"metadata": {}, "data": {"a": "YQ=="}});
         let hs = json!({"metadata": {}, "data": {"a": "YQ=="}, "type": "Opaque"});
         assert!(shows(&hs, &ws, &secret), "absent type is Opaque");
+    }
+
+    #[test]
+    fn a_compacted_mirror_shows_exactly_what_the_whole_one_does() {
+        let secret = KindRef {
+            kind: "Secret".into(),
+            ..cm()
+        };
+        let want = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "labels": {"a": "1"}, "annotations": {"b": "2"}},
+            "data": {"k": "dg=="}});
+        // The server adds `type: Opaque`; an empty binaryData is no binaryData.
+        let mut have = want.clone();
+        have["type"] = json!("Opaque");
+        have["binaryData"] = json!({});
+        have["metadata"]["uid"] = json!("u");
+        assert!(shows(&have, &want, &secret));
+        let mut compacted = have.as_object().unwrap().clone();
+        compact(&mut compacted, &secret);
+        let compacted = Value::Object(compacted);
+        assert!(
+            compacted.get("data").is_none(),
+            "the content is gone, its hash kept"
+        );
+        assert_eq!(
+            compacted["type"], "Opaque",
+            "type is kept (a change means recreate)"
+        );
+        assert_eq!(compacted["metadata"]["uid"], "u");
+        assert!(shows(&compacted, &want, &secret));
+        for edit in [
+            json!({"data": {"k": "eA=="}}),
+            json!({"data": {"k": "dg==", "extra": "eA=="}}),
+            json!({"immutable": true}),
+            json!({"type": "kubernetes.io/basic-auth"}),
+        ] {
+            let mut w = want.clone();
+            for (k, v) in edit.as_object().unwrap() {
+                w[k] = v.clone();
+            }
+            assert!(!shows(&compacted, &w, &secret), "{edit}");
+        }
+        let mut relabelled = want.clone();
+        relabelled["metadata"]["labels"]["a"] = json!("2");
+        assert!(!shows(&compacted, &relabelled, &secret));
+        // Other kinds stay whole.
+        let mut svc = have.as_object().unwrap().clone();
+        let service = KindRef {
+            kind: "Service".into(),
+            ..cm()
+        };
+        compact(&mut svc, &service);
+        assert!(svc.contains_key("data"));
     }
 }
