@@ -19,8 +19,17 @@ use fleetmirror_aggregator::platform::{
 use fleetmirror_runtime::watch::Watches;
 use fleetmirror_runtime::{addr::parse_listen_addr, admin, kubeconfig, logging, shutdown};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread allocates: the allocator's arenas are set up lazily, per thread.
+    fleetmirror_runtime::memory::tune();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.common.log_format);
     if let Err(e) = args.validate() {
@@ -123,6 +132,13 @@ async fn main() -> anyhow::Result<()> {
         let token = token.clone();
         tasks.spawn("gRPC server", async move { server.serve(token).await });
     }
+    tasks.spawn("memory release", {
+        let token = token.clone();
+        async move {
+            fleetmirror_runtime::memory::run(token).await;
+            Ok(())
+        }
+    });
     tasks.spawn("leader gauge", {
         let (gauge, mut l) = (metrics.leader.clone(), leadership.clone());
         async move {

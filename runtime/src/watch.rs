@@ -46,6 +46,9 @@ struct WatchState {
     first_error: String,
     /// The last error (for /readyz).
     error: String,
+    /// Between the watcher's Init and InitDone: the store still holds the state before the
+    /// list (kube swaps it in at InitDone).
+    relisting: bool,
 }
 
 impl WatchState {
@@ -266,35 +269,41 @@ impl Watches {
         let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let store = writer.as_reader();
         let probe = probe_of(api.clone(), &config);
+        // A listed object counts once the store has it: at InitDone.
+        let mut listed_max = 0u64;
         let stream =
             reflector::reflector(writer, watcher(api, config).modify(trim)).inspect(move |event| {
                 let (Some(hw), Ok(event)) = (&high_water, event) else {
                     return;
                 };
-                let object = match event {
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o) => o,
-                    _ => return,
+                let rv = |o: &DynamicObject| {
+                    o.metadata
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
                 };
-                if let Some(rv) = object
-                    .metadata
-                    .resource_version
-                    .as_deref()
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    hw.fetch_max(rv, std::sync::atomic::Ordering::Relaxed);
+                match event {
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                        hw.fetch_max(rv(o), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    watcher::Event::Init => listed_max = 0,
+                    watcher::Event::InitApply(o) => listed_max = listed_max.max(rv(o)),
+                    watcher::Event::InitDone => {
+                        hw.fetch_max(listed_max, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             });
         self.drive(stream, probe, trigger, name, stop);
         store
     }
 
-    /// True while watch `name` fails (however briefly): what it holds may be incomplete.
+    /// True while watch `name` fails (however briefly) or lists again: what its store holds
+    /// may be incomplete or old.
     pub fn erring(&self, name: &str) -> bool {
         lock(&self.states)
             .get(name)
-            .is_some_and(|s| s.failing_since.is_some())
+            .is_some_and(|s| s.failing_since.is_some() || s.relisting)
     }
 
     /// The last error of watch `name` while it fails.
@@ -341,9 +350,18 @@ impl Watches {
             loop {
                 tokio::select! {
                     item = stream.next() => match item {
-                        // The watcher says Init before it even tries to list: no evidence.
-                        Some(Ok(watcher::Event::Init)) => {}
+                        // The watcher says Init before it even tries to list, and the listed
+                        // objects reach the store only at InitDone: no evidence before that.
+                        Some(Ok(watcher::Event::Init)) => {
+                            if let Some(s) = lock(&states).get_mut(&name) {
+                                s.relisting = true;
+                            }
+                        }
+                        Some(Ok(watcher::Event::InitApply(_))) => {}
                         Some(Ok(_)) => {
+                            if let Some(s) = lock(&states).get_mut(&name) {
+                                s.relisting = false;
+                            }
                             if recovered(&states, &name) {
                                 tracing::info!(watch = %name, "watch recovered");
                             }

@@ -66,17 +66,28 @@ fn source(ns: &str, name: &str, tag: &str) -> ConfigMap {
     .unwrap()
 }
 
-/// Waits until `n` mirrors named `name` show `tag`; returns when each first did, by namespace.
+/// Watches the mirrors named `name` (field-selected, so its first list is small, and done
+/// before `ready` is sent: outside the timed window); returns, once `n` of them show `tag`, how
+/// long after the instant received on `start` each first did, by namespace.
 async fn seen(
-    client: &kube::Client,
-    name: &str,
-    tag: &str,
+    client: kube::Client,
+    name: String,
+    tag: String,
     n: usize,
-    since: Instant,
+    ready: tokio::sync::oneshot::Sender<()>,
+    start: tokio::sync::oneshot::Receiver<Instant>,
 ) -> HashMap<String, Duration> {
-    let api = Api::<ConfigMap>::all(client.clone());
-    let config = watcher::Config::default().labels(&format!("{P}/mirror=true"));
+    let api = Api::<ConfigMap>::all(client);
+    let config = watcher::Config::default()
+        .labels(&format!("{P}/mirror=true"))
+        .fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).boxed();
+    while !matches!(
+        stream.try_next().await.unwrap(),
+        Some(watcher::Event::InitDone)
+    ) {}
+    ready.send(()).unwrap();
+    let since = start.await.unwrap();
     let mut at: HashMap<String, Duration> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while at.len() < n {
@@ -84,16 +95,12 @@ async fn seen(
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} mirrors of {name} show {tag}", at.len()))
             .unwrap();
-        let objects: Vec<ConfigMap> = match ev {
-            Some(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![o],
-            _ => vec![],
-        };
-        for o in objects {
-            let shows = o.metadata.name.as_deref() == Some(name)
-                && o.data
-                    .as_ref()
-                    .and_then(|d| d.get("key0"))
-                    .is_some_and(|v| v.starts_with(&format!("{tag}-")));
+        if let Some(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+            let shows = o
+                .data
+                .as_ref()
+                .and_then(|d| d.get("key0"))
+                .is_some_and(|v| v.starts_with(&format!("{tag}-")));
             if shows {
                 at.entry(o.metadata.namespace.unwrap())
                     .or_insert_with(|| since.elapsed());
@@ -101,6 +108,29 @@ async fn seen(
         }
     }
     at
+}
+
+/// Starts [`seen`] and waits until its watch is listed; send the start instant to time from.
+async fn watch_mirrors(
+    client: &kube::Client,
+    name: &str,
+    tag: &str,
+) -> (
+    tokio::task::JoinHandle<HashMap<String, Duration>>,
+    tokio::sync::oneshot::Sender<Instant>,
+) {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(seen(
+        client.clone(),
+        name.to_owned(),
+        tag.to_owned(),
+        TARGETS,
+        ready_tx,
+        start_rx,
+    ));
+    ready_rx.await.unwrap();
+    (handle, start_tx)
 }
 
 async fn plain_fanout(client: &kube::Client, targets: &[String], name: &str) -> Duration {
@@ -200,11 +230,8 @@ async fn main() {
     for r in 0..rounds {
         let run_ours = async || {
             let name = format!("fan-{r}");
-            let start = Instant::now();
-            let watching = tokio::spawn({
-                let (client, name) = (client.clone(), name.clone());
-                async move { seen(&client, &name, "v1", TARGETS, start).await }
-            });
+            let (watching, start) = watch_mirrors(&client, &name, "v1").await;
+            start.send(Instant::now()).unwrap();
             cms.create(&PostParams::default(), &source(&src, &name, "v1"))
                 .await
                 .unwrap();
@@ -235,13 +262,10 @@ async fn main() {
     let mut per_mirror = Vec::new();
     for c in 0..rounds {
         let tag = format!("v{}", c + 2);
-        let start = Instant::now();
-        let watching = tokio::spawn({
-            let (client, tag) = (client.clone(), tag.clone());
-            async move { seen(&client, "fan-0", &tag, TARGETS, start).await }
-        });
+        let (watching, start) = watch_mirrors(&client, "fan-0", &tag).await;
         let mut cm = cms.get("fan-0").await.unwrap();
         cm.data = Some(data(&tag));
+        start.send(Instant::now()).unwrap();
         cms.replace("fan-0", &PostParams::default(), &cm)
             .await
             .unwrap();
@@ -359,7 +383,6 @@ async fn main() {
         .unwrap_or(0.0)
         - passes_before;
 
-    let mut per_mirror = per_mirror;
     println!(
         "fleetmirror mirror benchmark ({} UTC), real kube-apiserver 1.20 + etcd, release aggregator, auto-discovery",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M")

@@ -77,17 +77,23 @@ fn writes(agg: &Aggregator) -> f64 {
         .sum()
 }
 
-/// Waits until `n` more passes (per-source reconciles) happened.
+/// Waits until `n` more passes happened, and checks they were not a spin: each of them was
+/// woken by something (the 1 s resync here), so `n` passes take about `n` seconds.
 async fn passes(agg: &Aggregator, n: f64) {
-    let count = || {
-        agg.metric("fleetmirror_mirror_reconcile_seconds_count")
-            .unwrap_or(0.0)
-    };
+    let count = || agg.metric("fleetmirror_mirror_passes_total").unwrap_or(0.0);
     let start = count();
-    eventually(WAIT, &format!("{n} more reconciles"), || async {
+    let started = std::time::Instant::now();
+    eventually(WAIT, &format!("{n} more passes"), || async {
         (count() >= start + n).then_some(())
     })
     .await;
+    // A bound, not a timing: a spinning loop makes hundreds of passes a second.
+    let made = count() - start;
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        made <= 4.0 * seconds.max(1.0) + 4.0,
+        "{made} passes in {seconds:.1}s: the loop spins"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -663,7 +669,21 @@ async fn foreign_objects_are_never_touched_and_a_freed_name_gets_its_mirror() {
     env.delete(&secrets(), &src, "s").await;
     env.wait_mirrors(&secrets(), "s", &[&b]).await;
     untouched().await;
-    // Freed names get their mirrors (the one no watch sees is read again at the next pass).
+    // A freed name no watch sees is read again with backoff: its mirror comes without any
+    // other change.
+    let e = env.namespace("e", &[]).await;
+    env.create(
+        &secrets(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "solo", "namespace": e}, "stringData": {"owner": "team-e"}}),
+    )
+    .await;
+    env.secret_source(&src, "solo", &e, &[("k", "v")], &[])
+        .await;
+    env.wait_event(&src, "solo", "Conflict", &e).await;
+    env.delete(&secrets(), &e, "solo").await;
+    env.wait_mirrors(&secrets(), "solo", &[&e]).await;
+    // Freed names get their mirrors (the one no watch sees is read again at the next pass a
+    // change triggers).
     env.secret_source(&src, "s", &all, &[("k", "v")], &[]).await;
     env.wait_event(&src, "s", "Conflict", &a).await;
     env.delete(&secrets(), &a, "s").await;
@@ -998,11 +1018,18 @@ async fn kubemirror_sources_and_mirrors_work_unchanged_with_its_prefix() {
     // A source kubemirror put its finalizer on.
     let mut fin = env.source_meta(&src, "held", &c, &[]);
     fin["finalizers"] = json!(["kubemirror.raczylo.com/finalizer"]);
-    env.create(
-        &secrets(),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": fin, "stringData": {"k": "v"}}),
-    )
-    .await;
+    let held = env
+        .create(
+            &secrets(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": fin, "stringData": {"k": "v"}}),
+        )
+        .await;
+    // ... with a mirror kubemirror wrote where the source no longer points.
+    let d = env.namespace("d", &[]).await;
+    let mut km_held = km(&d, &uid(&held));
+    km_held["metadata"]["name"] = json!("held");
+    km_held["metadata"]["annotations"]["kubemirror.raczylo.com/source-name"] = json!("held");
+    env.create(&secrets(), km_held).await;
 
     let _agg = env.start(CORE, &[]).await;
     env.wait_mirrors(&secrets(), "creds", &[&a, &b, &c]).await; // b: kubemirror's foreign one
@@ -1027,8 +1054,9 @@ async fn kubemirror_sources_and_mirrors_work_unchanged_with_its_prefix() {
         rv(&env.get(&secrets(), &b, "creds").await.unwrap()),
         rv(&other)
     );
-    // Deleted, the held source is released: its mirrors go, then kubemirror's finalizer.
-    env.wait_mirrors(&secrets(), "held", &[&c]).await;
+    // Deleted, the held source is released: its mirrors go (kubemirror's too), then
+    // kubemirror's finalizer.
+    env.wait_mirrors(&secrets(), "held", &[&c, &d]).await;
     env.delete(&secrets(), &src, "held").await;
     env.wait_mirrors(&secrets(), "held", &[]).await;
     eventually(WAIT, "the held source released and gone", || async {
@@ -1470,6 +1498,11 @@ async fn diagnostics_show_every_state_and_only_the_leader_writes() {
     );
     assert!(writes(&leader) >= 1.0);
     assert_eq!(writes(&standby), 0.0, "a standby never writes");
+    assert_eq!(
+        standby.metric("fleetmirror_mirror_passes_total"),
+        Some(0.0),
+        "a standby makes no pass at all"
+    );
     // Failover: the standby takes over and mirroring goes on.
     leader.process.kill();
     eventually(WAIT, "the standby leads", || async {

@@ -176,9 +176,13 @@ fn trim_secret_mirror(o: &mut DynamicObject) {
     );
 }
 
-/// Every resource the API server serves, per group version; groups that fail are skipped.
-async fn discover(client: &kube::Client) -> Result<Vec<Discovered>, String> {
+/// Every resource the API server serves, per group version, and the groups that did not
+/// answer (skipped: what is watched of them stays watched until they answer again).
+async fn discover(
+    client: &kube::Client,
+) -> Result<(Vec<Discovered>, std::collections::BTreeSet<String>), String> {
     let mut out = Vec::new();
+    let mut failed = std::collections::BTreeSet::new();
     let mut add =
         |group: &str,
          version: &str,
@@ -206,7 +210,8 @@ async fn discover(client: &kube::Client) -> Result<Vec<Discovered>, String> {
         match client.list_core_api_resources(v).await {
             Ok(list) => add("", v, i == 0, list),
             Err(e) => {
-                tracing::warn!(version = %v, error = %e, "discovery: the core API version did not answer; skipped")
+                failed.insert(String::new());
+                tracing::warn!(version = %v, error = %e, "discovery: the core API version did not answer; what is watched of it stays watched");
             }
         }
     }
@@ -224,12 +229,13 @@ async fn discover(client: &kube::Client) -> Result<Vec<Discovered>, String> {
             match client.list_api_group_resources(&v.group_version).await {
                 Ok(list) => add(&g.name, &v.version, v.version == preferred, list),
                 Err(e) => {
-                    tracing::warn!(group_version = %v.group_version, error = %e, "discovery: an API group did not answer; skipped until the next discovery")
+                    failed.insert(g.name.clone());
+                    tracing::warn!(group_version = %v.group_version, error = %e, "discovery: an API group did not answer; what is watched of it stays watched");
                 }
             }
         }
     }
-    Ok(out)
+    Ok((out, failed))
 }
 
 fn api_resource(d: &Discovered) -> ApiResource {
@@ -279,8 +285,8 @@ impl Kinds {
         config: &MirrorConfig,
         trigger: &Arc<Notify>,
     ) -> bool {
-        let all = match discover(&ctx.client).await {
-            Ok(all) => all,
+        let (all, failed) = match discover(&ctx.client).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "mirror: discovery failed; keeping the kinds watched so far");
                 return false;
@@ -342,7 +348,8 @@ impl Kinds {
         }
         // Stop what is no longer wanted (or moved to another version).
         self.entries.retain(|key, e| {
-            let keep = wanted.get(key).is_some_and(|(k, _, s)| *k == e.kind && *s == KindState::Watched) || (e.watch.is_none() && wanted.contains_key(key));
+            let keep = failed.contains(&key.0)
+                || wanted.get(key).is_some_and(|(k, _, s)| *k == e.kind && *s == KindState::Watched) || (e.watch.is_none() && wanted.contains_key(key));
             if !keep && e.watch.is_some() {
                 tracing::info!(kind = %e.kind, "mirror: kind no longer served (or its version changed): its watches stop; its mirrors stay");
             }
@@ -354,6 +361,9 @@ impl Kinds {
             format!("{}=true", keys.mirror()),
         ];
         for (key, (kind, plural, state)) in wanted {
+            if failed.contains(&key.0) && self.entries.contains_key(&key) {
+                continue;
+            }
             if self.entries.get(&key).is_some_and(|e| e.watch.is_some()) {
                 continue;
             }

@@ -10,7 +10,7 @@
 //! is listed or watched, so memory does not grow with unlabelled objects.
 //!
 //! Level-based: every change (a watch event, a first list, a write's answer that needs a second
-//! look) triggers a full in-memory pass (debounced 100 ms), and so does
+//! look) triggers a full in-memory pass (debounced 10 ms), and so does
 //! `--mirror-resync-interval`; a pass writes only differences. Only the leader passes and
 //! writes (fenced by its term); standbys keep their watches warm and forward Diagnostics.
 //!
@@ -64,6 +64,8 @@ pub const NAME: &str = "mirror";
 const DEBOUNCE: Duration = Duration::from_millis(10);
 /// How long what a write returned stands in for a mirror the watch has not delivered yet.
 const KNOWN_TTL: Duration = Duration::from_secs(30);
+/// The shortest time between two passes woken by deadlines.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(50);
 /// The first retry of a discovery that failed.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
@@ -228,13 +230,43 @@ impl KindMemory {
 
     /// The next moment something remembered changes a pass: a retry, a probe, a known object
     /// expiring.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self, keys: &Keys) -> Option<Instant> {
         let failures = self.failures.values().map(|f| f.next);
         let probes = self.probes.values().map(|p| p.1);
-        let known = self.known.values().map(|k| match k {
-            Known::Object { at, .. } | Known::Gone { at, .. } => *at + KNOWN_TTL,
+        let mirror = keys.mirror();
+        // Only what expires: what stands in for the watch. (What a read found of an object no
+        // watch sees lives as long as its conflict; probes time that.)
+        let known = self.known.values().filter_map(|k| match k {
+            Known::Object { object, at } => (object["metadata"]["labels"][&mirror].as_str()
+                == Some("true"))
+            .then_some(*at + KNOWN_TTL),
+            Known::Gone { at, .. } => Some(*at + KNOWN_TTL),
         });
         failures.chain(probes).chain(known).min()
+    }
+
+    /// Forgets what no longer concerns a slot of this pass: failures of slots that need no
+    /// write, probes of slots no longer in conflict, reads of objects no watch sees once their
+    /// conflict ended, results of writes to slots that are gone.
+    fn prune(
+        &mut self,
+        writing: &BTreeSet<Slot>,
+        conflicts: &BTreeSet<Slot>,
+        live: &BTreeSet<Slot>,
+        keys: &Keys,
+    ) {
+        let mirror = keys.mirror();
+        self.failures.retain(|slot, _| writing.contains(slot));
+        self.probes.retain(|slot, _| conflicts.contains(slot));
+        self.known.retain(|slot, k| match k {
+            Known::Object { object, .. } => {
+                object["metadata"]["labels"][&mirror].as_str() == Some("true")
+                    || conflicts.contains(slot)
+            }
+            Known::Gone { .. } => true,
+        });
+        self.accepted.retain(|slot, _| live.contains(slot));
+        self.last_write.retain(|slot, _| live.contains(slot));
     }
 }
 
@@ -351,8 +383,14 @@ impl MirrorController {
                 changed = true;
             }
             let mut again = false;
+            if leadership.term().is_none() {
+                // A standby passes nothing: what a former term remembered is of no use.
+                memory.clear();
+                said.0.clear();
+            }
             if let (Some(term), true) = (leadership.term(), ns_listed) {
                 let started = Instant::now();
+                self.metrics.pass();
                 let (view, repass) = self
                     .pass(
                         changed,
@@ -369,16 +407,21 @@ impl MirrorController {
                 self.view.set_sources(view.sources);
                 self.publish_kinds(&kinds, Some(&view.counts));
                 tracing::debug!(elapsed = ?started.elapsed(), "mirror pass");
+                // A pass renders every mirror: give the transient memory back.
+                fleetmirror_runtime::memory::release();
             }
+            let keys = &self.config.settings.keys;
             let wake_at = [
                 Some(next_resync),
                 Some(next_discovery),
-                memory.values().filter_map(KindMemory::next_deadline).min(),
+                memory.values().filter_map(|m| m.next_deadline(keys)).min(),
             ]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(next_resync);
+            .unwrap_or(next_resync)
+            // A floor: whatever is due, never more than 20 passes a second.
+            .max(Instant::now() + MIN_PASS_INTERVAL);
             if again {
                 tokio::time::sleep(DEBOUNCE).await;
                 changed = true;
@@ -608,6 +651,29 @@ impl MirrorController {
             } else {
                 writer.run(term, &watch.ar, ops).await
             };
+            // What earlier passes left that this one no longer needs (before this pass's results
+            // are recorded).
+            {
+                let mut writing = BTreeSet::new();
+                let mut conflicts = BTreeSet::new();
+                let mut live: BTreeSet<Slot> = observed.keys().cloned().collect();
+                for sp in &plan.sources {
+                    for t in &sp.targets {
+                        let slot = (t.namespace.clone(), sp.reference.name.clone());
+                        if t.write.is_some() {
+                            writing.insert(slot.clone());
+                        }
+                        if t.state == State::Conflict {
+                            conflicts.insert(slot.clone());
+                        }
+                        live.insert(slot);
+                    }
+                }
+                for d in &plan.deletes {
+                    writing.insert((d.namespace.clone(), d.name.clone()));
+                }
+                mem.prune(&writing, &conflicts, &live, keys);
+            }
             let mut outcome: BTreeMap<Slot, (State, String)> = BTreeMap::new();
             let mut one_shots: BTreeMap<usize, Vec<Event>> = BTreeMap::new();
             let mut adopted: BTreeMap<usize, usize> = BTreeMap::new();
@@ -625,7 +691,7 @@ impl MirrorController {
                             slot.clone(),
                             Accepted {
                                 rendering,
-                                result: fingerprint(&object, &entry.kind),
+                                result: fingerprint(&object, &entry.kind, &settings.strip),
                             },
                         );
                         let object = compacted(object, &entry.kind);

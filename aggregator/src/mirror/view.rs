@@ -200,6 +200,7 @@ pub struct MirrorMetrics {
     errors: Family<CategoryLabel, Counter>,
     reconcile_seconds: Histogram,
     kinds: Family<StateLabel, Gauge>,
+    passes: Counter,
 }
 
 const STATES: [&str; 5] = ["mirrored", "pending", "conflict", "refused", "error"];
@@ -216,6 +217,7 @@ impl MirrorMetrics {
             // 100 µs … ~6.5 s
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             kinds: Family::default(),
+            passes: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("fleetmirror_mirror");
         r.register(
@@ -232,6 +234,11 @@ impl MirrorMetrics {
             m.reconcile_seconds.clone(),
         );
         r.register("kinds", "Kinds by state", m.kinds.clone());
+        r.register(
+            "passes",
+            "Full passes over every watched kind (each change, resync or due retry makes one)",
+            m.passes.clone(),
+        );
         for s in STATES {
             let _ = m.mirrors.get_or_create(&StateLabel { state: s });
         }
@@ -254,6 +261,10 @@ impl MirrorMetrics {
             let _ = m.errors.get_or_create(&CategoryLabel { category: c });
         }
         m
+    }
+
+    pub(super) fn pass(&self) {
+        self.passes.inc();
     }
 
     pub(super) fn write(&self, operation: &'static str) {

@@ -168,6 +168,28 @@ fn failure(e: &kube::Error) -> Failure {
     }
 }
 
+/// A fenced write that did not succeed: the term ended (nothing to conclude), or it timed out
+/// (transient: retried with backoff), or the API refused it.
+fn not_done(f: Fenced<kube::Error>, slot: Option<Slot>, operation: &'static str) -> Done {
+    match f {
+        Fenced::Failed(e) => Done::Failed {
+            slot,
+            operation,
+            failure: failure(&e),
+        },
+        Fenced::TimedOut(after) => Done::Failed {
+            slot,
+            operation,
+            failure: Failure {
+                category: "api",
+                message: format!("no answer within {after:?}"),
+                transient: true,
+            },
+        },
+        Fenced::Lost => Done::Lost,
+    }
+}
+
 fn code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(s) => Some(s.code),
@@ -226,12 +248,7 @@ impl Writer {
                 object: o.and_then(|o| serde_json::to_value(o).ok()),
                 slot,
             },
-            Err(Fenced::Failed(e)) => Done::Failed {
-                slot: Some(slot),
-                operation,
-                failure: failure(&e),
-            },
-            Err(_) => Done::Lost,
+            Err(f) => not_done(f, Some(slot), operation),
         }
     }
 
@@ -279,12 +296,7 @@ impl Writer {
                     Err(Fenced::Failed(e)) if matches!(code(&e), Some(409 | 404)) => {
                         self.get(term, &api, slot, operation).await
                     }
-                    Err(Fenced::Failed(e)) => Done::Failed {
-                        slot: Some(slot),
-                        operation,
-                        failure: failure(&e),
-                    },
-                    Err(_) => Done::Lost,
+                    Err(f) => not_done(f, Some(slot), operation),
                 }
             }
             Op::Recreate {
@@ -361,12 +373,7 @@ impl Writer {
                     Err(Fenced::Failed(e)) if matches!(code(&e), Some(404 | 409 | 422)) => {
                         Done::Released { object }
                     }
-                    Err(Fenced::Failed(e)) => Done::Failed {
-                        slot: None,
-                        operation: "release",
-                        failure: failure(&e),
-                    },
-                    Err(_) => Done::Lost,
+                    Err(f) => not_done(f, None, "release"),
                 }
             }
         }
@@ -404,12 +411,7 @@ impl Writer {
             Err(Fenced::Failed(e)) if code(&e) == Some(409) => {
                 self.get(term, api, slot, operation).await
             }
-            Err(Fenced::Failed(e)) => Done::Failed {
-                slot: Some(slot),
-                operation,
-                failure: failure(&e),
-            },
-            Err(_) => Done::Lost,
+            Err(f) => not_done(f, Some(slot), operation),
         }
     }
 
@@ -434,12 +436,7 @@ impl Writer {
             Ok(_) => Ok(true),
             Err(Fenced::Failed(e)) if code(&e) == Some(404) => Ok(true),
             Err(Fenced::Failed(e)) if code(&e) == Some(409) => Ok(false),
-            Err(Fenced::Failed(e)) => Err(Done::Failed {
-                slot: Some(slot.clone()),
-                operation: "delete",
-                failure: failure(&e),
-            }),
-            Err(_) => Err(Done::Lost),
+            Err(f) => Err(not_done(f, Some(slot.clone()), "delete")),
         }
     }
 }

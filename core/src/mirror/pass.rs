@@ -304,14 +304,36 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             .cmp(&(&b.1.reference.namespace, &b.1.reference.name))
     });
 
-    // Who selects each slot: the oldest owns it.
+    // Who selects each slot (the oldest owns it): every source that may write there — not one
+    // of a refused type — and a source whose annotations are invalid keeps the slots of its
+    // existing mirrors (bad input never hands a mirror to another source).
+    fn refused<'v>(kind: &KindRef, o: &'v Value) -> Option<&'v str> {
+        (kind.group.is_empty() && kind.kind == "Secret")
+            .then(|| o["type"].as_str().unwrap_or("Opaque"))
+            .filter(|t| REFUSED_SECRET_TYPES.contains(t))
+    }
     let mut selecting: BTreeMap<Slot, Vec<&Source>> = BTreeMap::new();
-    for (_, s, r) in &sources {
-        for (ns, _) in &r.targets {
-            selecting
-                .entry((ns.clone(), s.reference.name.clone()))
-                .or_default()
-                .push(s);
+    for (o, s, r) in &sources {
+        if refused(kind, o).is_some() {
+            continue;
+        }
+        let mut slots: BTreeSet<Slot> = r
+            .targets
+            .iter()
+            .map(|(ns, _)| (ns.clone(), s.reference.name.clone()))
+            .collect();
+        if !r.may_delete {
+            let me = (s.reference.namespace.clone(), s.reference.name.clone());
+            slots.extend(
+                input
+                    .observed
+                    .iter()
+                    .filter(|(_, obs)| mirror_of(keys, obs).as_ref() == Some(&me))
+                    .map(|(slot, _)| slot.clone()),
+            );
+        }
+        for slot in slots {
+            selecting.entry(slot).or_default().push(s);
         }
     }
     let older_than = |slot: &Slot, s: &Source| -> Option<SourceRef> {
@@ -323,7 +345,8 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             .map(|o| o.reference.clone())
     };
 
-    let mut desired: BTreeSet<Slot> = BTreeSet::new();
+    // Slots whose object a selecting source takes over in this pass.
+    let mut taken: BTreeSet<Slot> = BTreeSet::new();
     let mut kept_sources: BTreeSet<(String, String)> = BTreeSet::new();
     for (o, s, r) in &sources {
         let reference = &s.reference;
@@ -343,9 +366,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             events.push(warning("TooManyTargets", note.clone()));
             problems.push(note);
         }
-        let refused_type = (kind.group.is_empty() && kind.kind == "Secret")
-            .then(|| o["type"].as_str().unwrap_or("Opaque"))
-            .filter(|t| REFUSED_SECRET_TYPES.contains(t));
+        let refused_type = refused(kind, o);
         if let Some(t) = refused_type {
             let note = format!("Secrets of type {t} are never mirrored");
             events.push(warning("Refused", note.clone()));
@@ -382,9 +403,14 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                 targets.push(t);
                 continue;
             }
-            desired.insert(slot.clone());
             if !exists {
                 t.reason = "the namespace does not exist (yet)".into();
+                targets.push(t);
+                continue;
+            }
+            if observed.is_some_and(|o| !o.object["metadata"]["deletionTimestamp"].is_null()) {
+                // Going away (a finalizer holds it): nothing is written to it until it is gone.
+                t.reason = "the object there is being deleted; written once it is gone".into();
                 targets.push(t);
                 continue;
             }
@@ -429,6 +455,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             match decide(
                 keys,
                 kind,
+                &settings.strip,
                 s,
                 &want,
                 observed,
@@ -452,8 +479,9 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                     } else {
                         "being updated".into()
                     };
+                    taken.insert(slot.clone());
                     t.write = Some(Write::Update {
-                        body: super::plan::update_body(kind, &want, obs),
+                        body: super::plan::update_body(kind, &want, obs, &settings.strip),
                         adopt,
                     });
                 }
@@ -489,7 +517,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             events.push(warning(
                 "TransformFailed",
                 format!(
-                    "{} ({} namespaces)",
+                    "{} ({} error(s))",
                     some_of(&transform_errors),
                     transform_errors.len()
                 ),
@@ -543,10 +571,19 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
         {
             remaining.insert(d.clone());
         }
-        if desired.contains(slot)
+        // Kept while its own source selects the slot (or keeps it: invalid input), or another
+        // source takes it over in this pass; never deleted when the stores cannot be trusted,
+        // in a terminating namespace, or while it is being deleted already.
+        let selected_by_its_source = selecting.get(slot).is_some_and(|ss| {
+            ss.iter()
+                .any(|s| (&s.reference.namespace, &s.reference.name) == (&source.0, &source.1))
+        });
+        if selected_by_its_source
+            || taken.contains(slot)
             || kept_sources.contains(&source)
             || !input.gc
             || terminating.contains(slot.0.as_str())
+            || !obs.object["metadata"]["deletionTimestamp"].is_null()
         {
             continue;
         }
@@ -800,5 +837,143 @@ mod tests {
         let p = run(&[s], &BTreeMap::new(), true);
         assert_eq!(p.releases.len(), 1);
         assert_eq!(p.releases[0].index, 1);
+    }
+
+    fn mirror_in(ns: &str, of: &Value, uid: &str) -> (Slot, Observed) {
+        let mut body = created(&run(std::slice::from_ref(of), &BTreeMap::new(), true))
+            .into_values()
+            .next()
+            .expect("a rendering");
+        body["metadata"]["namespace"] = json!(ns);
+        body["metadata"]["uid"] = json!(uid);
+        body["metadata"]["resourceVersion"] = json!("9");
+        ((ns.into(), "shared".into()), Observed { object: body })
+    }
+
+    #[test]
+    fn a_mirror_stays_only_while_its_own_source_selects_it_or_another_takes_it_over() {
+        // X (src) is gone; Y (src2) selects a but cannot write (its transform fails closed):
+        // X's mirror goes, it is not kept for a source that will never take it.
+        let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
+        let (slot, obs) = mirror_in("a", &x, "m");
+        let observed = BTreeMap::from([(slot, obs)]);
+        let mut y = source("src2", "uy", "2026-02-01T00:00:00Z", "a");
+        y["kind"] = json!("Secret");
+        y["metadata"]["annotations"]["fleetmirror.io/transform"] = json!("rules: [[[");
+        let secret = KindRef {
+            kind: "Secret".into(),
+            ..cm()
+        };
+        let namespaces = [ns("a"), ns("src"), ns("src2")];
+        let mut obs_secret = observed.clone();
+        for o in obs_secret.values_mut() {
+            o.object["kind"] = json!("Secret");
+        }
+        let p = plan(
+            &settings(),
+            &Input {
+                kind: &secret,
+                sources: &[y],
+                observed: &obs_secret,
+                namespaces: &namespaces,
+                accepted: &BTreeMap::new(),
+                gc: true,
+            },
+        );
+        assert_eq!(p.sources[0].targets[0].state, State::Error);
+        assert_eq!(p.deletes.len(), 1, "{p:?}");
+        // A valid Y takes it over in place instead.
+        let y = source("src2", "uy", "2026-02-01T00:00:00Z", "a");
+        let p = run(&[y], &observed, true);
+        assert!(matches!(
+            p.sources[0].targets[0].write,
+            Some(Write::Update { .. })
+        ));
+        assert!(p.deletes.is_empty());
+        // X still there but with an invalid target list that leaves a out: its mirror is kept,
+        // and the younger Y gets a Conflict rather than the mirror.
+        let x_bad = source("src", "ux", "2026-01-01T00:00:00Z", "b,app-[");
+        let y = source("src2", "uy", "2026-02-01T00:00:00Z", "a");
+        let p = run(&[x_bad, y], &observed, true);
+        assert!(p.deletes.is_empty());
+        let y_plan = p
+            .sources
+            .iter()
+            .find(|s| s.reference.namespace == "src2")
+            .unwrap();
+        assert_eq!(y_plan.targets[0].state, State::Conflict, "{y_plan:?}");
+    }
+
+    #[test]
+    fn a_mirror_being_deleted_is_neither_written_nor_deleted() {
+        let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
+        let (slot, mut obs) = mirror_in("a", &x, "m");
+        obs.object["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+        obs.object["data"] = json!({"k": "old"});
+        let observed = BTreeMap::from([(slot, obs)]);
+        let p = run(std::slice::from_ref(&x), &observed, true);
+        assert_eq!(p.sources[0].targets[0].state, State::Pending);
+        assert!(p.sources[0].targets[0].write.is_none());
+        let mut off = x.clone();
+        off["metadata"]["annotations"]["fleetmirror.io/sync"] = json!("false");
+        assert!(run(&[off], &observed, true).deletes.is_empty());
+    }
+
+    #[test]
+    fn a_refused_older_source_does_not_block_a_younger_one() {
+        let secret = KindRef {
+            kind: "Secret".into(),
+            ..cm()
+        };
+        let mut old = source("src", "u-old", "2026-01-01T00:00:00Z", "a");
+        old["type"] = json!("kubernetes.io/service-account-token");
+        let young = source("src2", "u-young", "2026-02-01T00:00:00Z", "a");
+        let namespaces = [ns("a"), ns("src"), ns("src2")];
+        let p = plan(
+            &settings(),
+            &Input {
+                kind: &secret,
+                sources: &[old, young],
+                observed: &BTreeMap::new(),
+                namespaces: &namespaces,
+                accepted: &BTreeMap::new(),
+                gc: true,
+            },
+        );
+        let y = p
+            .sources
+            .iter()
+            .find(|s| s.reference.namespace == "src2")
+            .unwrap();
+        assert!(
+            matches!(y.targets[0].write, Some(Write::Create { .. })),
+            "{y:?}"
+        );
+    }
+
+    #[test]
+    fn keys_others_put_on_a_mirror_that_we_never_copy_are_left_alone() {
+        // The Deployment controller's revision annotation: not compared, not removed.
+        let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
+        let (slot, mut obs) = mirror_in("a", &x, "m");
+        obs.object["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+        let observed = BTreeMap::from([(slot.clone(), obs.clone())]);
+        let p = run(std::slice::from_ref(&x), &observed, true);
+        assert_eq!(
+            p.sources[0].targets[0].state,
+            State::Mirrored,
+            "no write loop"
+        );
+        // An update for another reason keeps it.
+        let mut changed = x.clone();
+        changed["data"] = json!({"k": "v2"});
+        let p = run(&[changed], &observed, true);
+        let Some(Write::Update { body, .. }) = &p.sources[0].targets[0].write else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            body["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "3"
+        );
     }
 }

@@ -135,7 +135,7 @@ pub enum Decision {
 
 /// The fingerprint of what a mirror shows (its compared content), to recognise the server's
 /// normalisation of our own write. The same for a mirror and its compacted form.
-pub fn fingerprint(object: &Value, kind: &KindRef) -> String {
+pub fn fingerprint(object: &Value, kind: &KindRef, strip: &[String]) -> String {
     let mut m = serde_json::Map::new();
     if super::render::exact(kind) {
         m.insert(
@@ -149,11 +149,13 @@ pub fn fingerprint(object: &Value, kind: &KindRef) -> String {
             }
         }
     }
-    m.insert("labels".into(), object["metadata"]["labels"].clone());
-    m.insert(
-        "annotations".into(),
-        object["metadata"]["annotations"].clone(),
-    );
+    for field in ["labels", "annotations"] {
+        let compared = super::render::compared(object, field, strip);
+        m.insert(
+            field.into(),
+            serde_json::to_value(compared).unwrap_or_default(),
+        );
+    }
     hash(&Value::Object(m))
 }
 
@@ -173,9 +175,11 @@ fn is_core(kind: &KindRef, name: &str) -> bool {
 
 /// Decides the write for source `s` (which owns the slot unless `older` names an older source
 /// selecting it) with rendering `want`, given what is at the name.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     keys: &Keys,
     kind: &KindRef,
+    strip: &[String],
     s: &Source,
     want: &Value,
     observed: Option<&Observed>,
@@ -219,12 +223,12 @@ pub fn decide(
             );
         }
     };
-    if !adopt && shows(&obs.object, want, kind) {
+    if !adopt && shows(&obs.object, want, kind, strip) {
         return Decision::UpToDate;
     }
     if !adopt
         && accepted.is_some_and(|a| {
-            a.rendering == hash(want) && a.result == fingerprint(&obs.object, kind)
+            a.rendering == hash(want) && a.result == fingerprint(&obs.object, kind, strip)
         })
     {
         // The server normalised our last write (or a webhook added to it): accepted, no loop.
@@ -245,9 +249,17 @@ pub fn decide(
 /// The body of an update: the rendering, with the observed object's resourceVersion, the
 /// finalizers and ownerReferences other controllers set, and a Service's allocated addresses
 /// and ports (never taken away from the mirror).
-pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed) -> Value {
+pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[String]) -> Value {
     let mut body = want.clone();
     let meta = &observed.object["metadata"];
+    // Keys we never copy but someone else put on the mirror stay (see `render::stripped`).
+    for field in ["labels", "annotations"] {
+        for (k, v) in meta[field].as_object().into_iter().flatten() {
+            if super::render::stripped(strip, k) {
+                body["metadata"][field][k] = v.clone();
+            }
+        }
+    }
     body["metadata"]["resourceVersion"] = meta["resourceVersion"].clone();
     for field in ["finalizers", "ownerReferences"] {
         if let Some(v) = meta.get(field).filter(|v| !v.is_null()) {
@@ -407,7 +419,7 @@ mod tests {
     fn decisions() {
         let (k, cm) = (keys(), kind("ConfigMap"));
         let s = source("src", "u1", "1");
-        let d = |obs: Option<&Observed>, w: &Value| decide(&k, &cm, &s, w, obs, None, None);
+        let d = |obs: Option<&Observed>, w: &Value| decide(&k, &cm, &[], &s, w, obs, None, None);
         assert_eq!(d(None, &want("a")), Decision::Create);
         let ours = mirror("fleetmirror", "src", "u1", "a");
         // (the observed mirror carries the rendering's labels and annotations)
@@ -439,11 +451,20 @@ mod tests {
             uid: "u0".into(),
         };
         assert!(matches!(
-            decide(&k, &cm, &s, &want("a"), None, Some(&older), None),
+            decide(&k, &cm, &[], &s, &want("a"), None, Some(&older), None),
             Decision::Conflict(_)
         ));
         assert!(matches!(
-            decide(&k, &cm, &s, &want("a"), Some(&ours), Some(&older), None),
+            decide(
+                &k,
+                &cm,
+                &[],
+                &s,
+                &want("a"),
+                Some(&ours),
+                Some(&older),
+                None
+            ),
             Decision::Conflict(_)
         ));
         let younger = mirror("fleetmirror", "later", "u7", "a");
@@ -474,7 +495,7 @@ mod tests {
         let mut w = want("a");
         w["type"] = "Opaque".into();
         assert!(matches!(
-            decide(&k, &secret, &s, &w, Some(&obs), None, None),
+            decide(&k, &secret, &[], &s, &w, Some(&obs), None, None),
             Decision::Recreate(_)
         ));
         let mut imm = mirror("fleetmirror", "src", "u1", "a");
@@ -483,6 +504,7 @@ mod tests {
             decide(
                 &k,
                 &kind("ConfigMap"),
+                &[],
                 &s,
                 &want("b"),
                 Some(&imm),
@@ -502,22 +524,22 @@ mod tests {
         let mut got = mirror("fleetmirror", "src", "u1", "a");
         got.object["spec"] = json!({"memory": "2Gi"});
         assert_eq!(
-            decide(&k, &deploy, &s, &w, Some(&got), None, None),
+            decide(&k, &deploy, &[], &s, &w, Some(&got), None, None),
             Decision::Update { adopt: false }
         );
         let acc = Accepted {
             rendering: hash(&w),
-            result: fingerprint(&got.object, &deploy),
+            result: fingerprint(&got.object, &deploy, &[]),
         };
         assert_eq!(
-            decide(&k, &deploy, &s, &w, Some(&got), None, Some(&acc)),
+            decide(&k, &deploy, &[], &s, &w, Some(&got), None, Some(&acc)),
             Decision::UpToDate
         );
         let mut edited = got.clone();
         edited.object["spec"]["memory"] = "1Gi".into();
         assert!(
             matches!(
-                decide(&k, &deploy, &s, &w, Some(&edited), None, Some(&acc)),
+                decide(&k, &deploy, &[], &s, &w, Some(&edited), None, Some(&acc)),
                 Decision::Update { .. }
             ),
             "a later edit is still drift"
@@ -533,7 +555,7 @@ mod tests {
         };
         let w =
             json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
-        let b = update_body(&svc, &w, &obs);
+        let b = update_body(&svc, &w, &obs, &[]);
         assert_eq!(b["metadata"]["resourceVersion"], "9");
         assert_eq!(b["metadata"]["finalizers"], json!(["x"]));
         assert_eq!(b["spec"]["clusterIP"], "10.0.0.9");

@@ -223,6 +223,24 @@ fn map_of<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Map<String, Value>> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_object()
 }
 
+/// True for a label or annotation key `--mirror-strip-keys` names: never copied to a mirror, so
+/// one found on a mirror was put there by someone else (the Deployment controller's
+/// `deployment.kubernetes.io/revision`, Argo CD's tracking id) and is left alone, neither
+/// compared nor removed.
+pub fn stripped(strip: &[String], key: &str) -> bool {
+    strip.iter().any(|g| simple_match(g, key))
+}
+
+/// The labels or annotations of `obj` that are compared: all but the stripped keys.
+pub fn compared<'a>(obj: &'a Value, field: &str, strip: &[String]) -> BTreeMap<&'a str, &'a Value> {
+    map_of(obj, &["metadata", field])
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !stripped(strip, k))
+        .map(|(k, v)| (k.as_str(), v))
+        .collect()
+}
+
 /// Where a compacted ConfigMap or Secret mirror keeps the hash of its content (see
 /// [`compact`]); no API field can have this name.
 pub const CONTENT: &str = "$fleetmirror.content";
@@ -285,12 +303,9 @@ pub fn compact(obj: &mut Map<String, Value>, kind: &KindRef) {
 /// (`type` absent = Opaque, `immutable` absent = false; compared by [`content_hash`], which also
 /// answers for a [`compact`]ed mirror); for other kinds every top-level field of `want`
 /// contained in `have`'s.
-pub fn shows(have: &Value, want: &Value, kind: &KindRef) -> bool {
-    let empty = Map::new();
+pub fn shows(have: &Value, want: &Value, kind: &KindRef, strip: &[String]) -> bool {
     for field in ["labels", "annotations"] {
-        let h = map_of(have, &["metadata", field]).unwrap_or(&empty);
-        let w = map_of(want, &["metadata", field]).unwrap_or(&empty);
-        if h != w {
+        if compared(have, field, strip) != compared(want, field, strip) {
             return false;
         }
     }
@@ -466,16 +481,16 @@ mod tests {
         let mut have = want.clone();
         have["metadata"]["uid"] = "m-1".into();
         have["metadata"]["resourceVersion"] = "1".into();
-        assert!(shows(&have, &want, &cm()));
+        assert!(shows(&have, &want, &cm(), &[]));
         let mut edited = have.clone();
         edited["data"]["LOG_LEVEL"] = "hacked".into();
-        assert!(!shows(&edited, &want, &cm()), "an edited value");
+        assert!(!shows(&edited, &want, &cm(), &[]), "an edited value");
         let mut added = have.clone();
         added["data"]["EXTRA"] = "x".into();
-        assert!(!shows(&added, &want, &cm()), "a hand-added data key");
+        assert!(!shows(&added, &want, &cm(), &[]), "a hand-added data key");
         let mut label = have.clone();
         label["metadata"]["labels"]["hand"] = "x".into();
-        assert!(!shows(&label, &want, &cm()), "a hand-added label");
+        assert!(!shows(&label, &want, &cm(), &[]), "a hand-added label");
         // Other kinds: the server's defaults are fine.
         let deploy = KindRef {
             group: "apps".into(),
@@ -486,12 +501,15 @@ mod tests {
         let mut h = w.clone();
         h["spec"]["strategy"] = json!({"type": "RollingUpdate"});
         h["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent".into();
-        assert!(shows(&h, &w, &deploy));
+        assert!(shows(&h, &w, &deploy, &[]));
         h["spec"]["replicas"] = 2.into();
-        assert!(!shows(&h, &w, &deploy));
+        assert!(!shows(&h, &w, &deploy, &[]));
         let mut short = w.clone();
         short["spec"]["template"]["spec"]["containers"] = json!([]);
-        assert!(!shows(&short, &w, &deploy), "lists have the same length");
+        assert!(
+            !shows(&short, &w, &deploy, &[]),
+            "lists have the same length"
+        );
         let secret = KindRef {
             group: "".into(),
             version: "v1".into(),
@@ -499,7 +517,7 @@ mod tests {
         };
         let ws = json!({"metadata": {}, "data": {"a": "YQ=="}});
         let hs = json!({"metadata": {}, "data": {"a": "YQ=="}, "type": "Opaque"});
-        assert!(shows(&hs, &ws, &secret), "absent type is Opaque");
+        assert!(shows(&hs, &ws, &secret, &[]), "absent type is Opaque");
     }
 
     #[test]
@@ -516,7 +534,7 @@ mod tests {
         have["type"] = json!("Opaque");
         have["binaryData"] = json!({});
         have["metadata"]["uid"] = json!("u");
-        assert!(shows(&have, &want, &secret));
+        assert!(shows(&have, &want, &secret, &[]));
         let mut compacted = have.as_object().unwrap().clone();
         compact(&mut compacted, &secret);
         let compacted = Value::Object(compacted);
@@ -529,7 +547,7 @@ mod tests {
             "type is kept (a change means recreate)"
         );
         assert_eq!(compacted["metadata"]["uid"], "u");
-        assert!(shows(&compacted, &want, &secret));
+        assert!(shows(&compacted, &want, &secret, &[]));
         for edit in [
             json!({"data": {"k": "eA=="}}),
             json!({"data": {"k": "dg==", "extra": "eA=="}}),
@@ -540,11 +558,11 @@ mod tests {
             for (k, v) in edit.as_object().unwrap() {
                 w[k] = v.clone();
             }
-            assert!(!shows(&compacted, &w, &secret), "{edit}");
+            assert!(!shows(&compacted, &w, &secret, &[]), "{edit}");
         }
         let mut relabelled = want.clone();
         relabelled["metadata"]["labels"]["a"] = json!("2");
-        assert!(!shows(&compacted, &relabelled, &secret));
+        assert!(!shows(&compacted, &relabelled, &secret, &[]));
         // Other kinds stay whole.
         let mut svc = have.as_object().unwrap().clone();
         let service = KindRef {
