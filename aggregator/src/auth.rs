@@ -372,6 +372,35 @@ fn cache_life(token: &str, now: i64, max: std::time::Duration) -> std::time::Dur
     }
 }
 
+/// One TokenReview of `token` for `audiences` (`None`: the API server's): the user, or
+/// UNAUTHENTICATED's reason.
+async fn token_review(
+    client: &kube::Client,
+    metrics: &AuthMetrics,
+    token: &str,
+    audiences: Option<Vec<String>>,
+) -> Result<k8s_openapi::api::authentication::v1::UserInfo, AuthError> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences,
+        },
+        ..Default::default()
+    };
+    metrics.token_reviews.inc();
+    let status = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?
+        .status
+        .unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(AuthError::Invalid(
+            status.error.unwrap_or_else(|| "rejected".into()),
+        ));
+    }
+    Ok(status.user.unwrap_or_default())
+}
+
 impl Authenticator {
     /// Accepts tokens of `agent_user` issued for `audience`.
     pub fn new(
@@ -404,25 +433,13 @@ impl Authenticator {
 
     /// One TokenReview, and one read of the pod the token is bound to.
     async fn review(&self, token: &str) -> Result<AgentIdentity, AuthError> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(vec![self.audience.clone()]),
-            },
-            ..Default::default()
-        };
-        self.metrics.token_reviews.inc();
-        let status = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await?
-            .status
-            .unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Invalid(
-                status.error.unwrap_or_else(|| "rejected".into()),
-            ));
-        }
-        let user = status.user.unwrap_or_default();
+        let user = token_review(
+            &self.client,
+            &self.metrics,
+            token,
+            Some(vec![self.audience.clone()]),
+        )
+        .await?;
         let username = user.username.unwrap_or_default();
         if username != self.agent_user {
             return Err(AuthError::WrongAccount {
@@ -511,25 +528,13 @@ impl DiagnosticsAuth {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
         };
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: self.audience.clone().map(|a| vec![a]),
-            },
-            ..Default::default()
-        };
-        self.metrics.token_reviews.inc();
-        let status = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await?
-            .status
-            .unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Invalid(
-                status.error.unwrap_or_else(|| "rejected".into()),
-            ));
-        }
-        let user = status.user.unwrap_or_default();
+        let user = token_review(
+            &self.client,
+            &self.metrics,
+            token,
+            self.audience.clone().map(|a| vec![a]),
+        )
+        .await?;
         let username = user.username.clone().unwrap_or_default();
         let sar = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {

@@ -269,8 +269,10 @@ impl LeaderElector {
             };
             let lease = self.stamp(lease, true, None);
             return match self.api.create(&PostParams::default(), &lease).await {
+                // Nobody led before: no agents reported to a previous leader, nothing to wait for
+                // (a Lease someone deleted while statuses exist is the rare exception).
                 Ok(_) => Ok(Attempt::Held {
-                    previous_agent_nodes: None,
+                    previous_agent_nodes: Some(0),
                 }),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(other("(another replica)")),
                 Err(e) => Err(e),

@@ -257,6 +257,33 @@ impl Env {
         })
     }
 
+    /// Creates a source of kind `ar` with `data` in `field` (`data`, or a Secret's `stringData`).
+    #[allow(clippy::too_many_arguments)]
+    async fn source(
+        &self,
+        ar: &ApiResource,
+        field: &str,
+        ns: &str,
+        name: &str,
+        targets: &str,
+        data: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Value {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        self.create(
+            ar,
+            json!({
+                "apiVersion": ar.api_version, "kind": ar.kind,
+                "metadata": self.source_meta(ns, name, targets, annotations),
+                field: data,
+            }),
+        )
+        .await
+    }
+
     /// Creates a source Secret with `data` (plain text).
     pub async fn secret_source(
         &self,
@@ -266,13 +293,14 @@ impl Env {
         data: &[(&str, &str)],
         annotations: &[(&str, &str)],
     ) -> Value {
-        self.create(
+        self.source(
             &secrets(),
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": self.source_meta(ns, name, targets, annotations),
-                "stringData": data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            }),
+            "stringData",
+            ns,
+            name,
+            targets,
+            data,
+            annotations,
         )
         .await
     }
@@ -286,15 +314,8 @@ impl Env {
         data: &[(&str, &str)],
         annotations: &[(&str, &str)],
     ) -> Value {
-        self.create(
-            &configmaps(),
-            json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": self.source_meta(ns, name, targets, annotations),
-                "data": data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            }),
-        )
-        .await
+        self.source(&configmaps(), "data", ns, name, targets, data, annotations)
+            .await
     }
 
     /// The namespaces of this world holding a mirror (labelled `<p>/mirror=true`) named `name`.
