@@ -163,6 +163,9 @@ struct KindMemory {
     probes: BTreeMap<Slot, (Backoff, Instant)>,
     failures: BTreeMap<Slot, SlotFailure>,
     last_write: BTreeMap<Slot, SystemTime>,
+    /// Slots the last pass found up to date (their inputs, hashed): not rendered again while
+    /// nothing they depend on changed.
+    up_to_date: std::collections::HashSet<u64>,
 }
 
 fn rv_of(v: &Value) -> Option<u64> {
@@ -542,7 +545,7 @@ impl MirrorController {
                 .collect();
             let observed = mem.observed(keys, &watch.mirrors, watch.mirrors_seen(), now);
             let gc = namespaces_ok && !watch.names.iter().any(|n| self.ctx.watches.erring(n));
-            let plan = pass::plan(
+            let mut plan = pass::plan(
                 settings,
                 &Input {
                     kind: &entry.kind,
@@ -551,9 +554,11 @@ impl MirrorController {
                     namespaces: &ns,
                     accepted: &mem.accepted,
                     gc,
+                    up_to_date: &mem.up_to_date,
                 },
             );
             let planned = started.elapsed();
+            mem.up_to_date = std::mem::take(&mut plan.up_to_date);
 
             // The writes (and reads) this pass needs, minus those backing off.
             let mut ops = Vec::new();

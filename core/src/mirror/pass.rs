@@ -55,6 +55,34 @@ pub struct Input<'a> {
     pub accepted: &'a BTreeMap<Slot, Accepted>,
     /// Deleting is safe: every store of the kind listed, its source watch working.
     pub gc: bool,
+    /// Slots found up to date by an earlier pass, by [`inputs_key`]: the same inputs again are
+    /// up to date again without rendering (a pass costs what changed, not what exists).
+    pub up_to_date: &'a std::collections::HashSet<u64>,
+}
+
+/// What a slot's decision depends on, hashed: the slot, the source (UID and resourceVersion:
+/// its content, labels, annotations and transform), the object there (UID and
+/// resourceVersion, or none) and the source that owns the slot before this one.
+pub fn inputs_key(
+    slot: &Slot,
+    source: &Value,
+    observed: Option<&Observed>,
+    older: Option<&SourceRef>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    slot.hash(&mut h);
+    for v in [
+        &source["metadata"]["uid"],
+        &source["metadata"]["resourceVersion"],
+    ] {
+        v.as_str().hash(&mut h);
+    }
+    observed
+        .map(|o| (o.uid(), o.resource_version()))
+        .hash(&mut h);
+    older.map(|o| o.uid.as_str()).hash(&mut h);
+    h.finish()
 }
 
 /// A target's state (Diagnostics `MirrorState`).
@@ -187,6 +215,8 @@ pub struct KindPlan {
     pub object_events: Vec<ObjectEvent>,
     /// Legacy finalizers to remove.
     pub releases: Vec<Release>,
+    /// The [`inputs_key`] of every slot found up to date (the next pass's `up_to_date`).
+    pub up_to_date: std::collections::HashSet<u64>,
 }
 
 /// What a labelled object is.
@@ -414,6 +444,16 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                 targets.push(t);
                 continue;
             }
+            let older = older_than(&slot, s);
+            let key = inputs_key(&slot, o, observed, older.as_ref());
+            if input.up_to_date.contains(&key) {
+                t.state = State::Mirrored;
+                out.up_to_date.insert(key);
+                targets.push(t);
+                continue;
+            }
+            // A rendering with transform errors is done again every pass, so its Event holds.
+            let clean;
             let base = render::base(o, kind, ns, keys, &settings.strip);
             let ctx = Context {
                 target_namespace: ns.clone(),
@@ -426,6 +466,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             let rendered = match transform::apply(base, transform.as_deref(), strict, secret, &ctx)
             {
                 Outcome::Write { object, errors } => {
+                    clean = errors.is_empty();
                     transform_errors.extend(errors.iter().map(|e| format!("{ns}: {e}")));
                     object
                 }
@@ -451,7 +492,6 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             };
             let want = render::finish(rendered, keys, reference, &source_hash);
             t.rendering = render::hash(&want);
-            let older = older_than(&slot, s);
             match decide(
                 keys,
                 kind,
@@ -462,7 +502,12 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                 older.as_ref(),
                 input.accepted.get(&slot),
             ) {
-                Decision::UpToDate => t.state = State::Mirrored,
+                Decision::UpToDate => {
+                    t.state = State::Mirrored;
+                    if clean {
+                        out.up_to_date.insert(key);
+                    }
+                }
                 Decision::Create if !r.may_create => {
                     t.state = State::Error;
                     t.reason =
@@ -684,6 +729,7 @@ mod tests {
                 namespaces: &namespaces,
                 accepted: &BTreeMap::new(),
                 gc,
+                up_to_date: &Default::default(),
             },
         )
     }
@@ -806,6 +852,7 @@ mod tests {
                 namespaces: &namespaces,
                 accepted: &BTreeMap::new(),
                 gc: true,
+                up_to_date: &Default::default(),
             },
         );
         assert_eq!(p.sources[0].targets[0].state, State::Refused);
@@ -878,6 +925,7 @@ mod tests {
                 namespaces: &namespaces,
                 accepted: &BTreeMap::new(),
                 gc: true,
+                up_to_date: &Default::default(),
             },
         );
         assert_eq!(p.sources[0].targets[0].state, State::Error);
@@ -938,6 +986,7 @@ mod tests {
                 namespaces: &namespaces,
                 accepted: &BTreeMap::new(),
                 gc: true,
+                up_to_date: &Default::default(),
             },
         );
         let y = p
@@ -975,5 +1024,55 @@ mod tests {
             body["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
             "3"
         );
+    }
+
+    #[test]
+    fn an_unchanged_slot_is_up_to_date_without_rendering_and_any_change_renders_it_again() {
+        let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
+        let (slot, obs) = mirror_in("a", &x, "m");
+        let observed = BTreeMap::from([(slot, obs)]);
+        let namespaces: Vec<Namespace> = ["a", "src"].map(ns).to_vec();
+        let go = |sources: &[Value],
+                  observed: &BTreeMap<Slot, Observed>,
+                  cache: &std::collections::HashSet<u64>| {
+            plan(
+                &settings(),
+                &Input {
+                    kind: &cm(),
+                    sources,
+                    observed,
+                    namespaces: &namespaces,
+                    accepted: &BTreeMap::new(),
+                    gc: true,
+                    up_to_date: cache,
+                },
+            )
+        };
+        let first = go(std::slice::from_ref(&x), &observed, &Default::default());
+        assert_eq!(first.sources[0].targets[0].state, State::Mirrored);
+        assert_eq!(first.up_to_date.len(), 1);
+        let again = go(std::slice::from_ref(&x), &observed, &first.up_to_date);
+        assert_eq!(again.sources[0].targets[0].state, State::Mirrored);
+        assert_eq!(again.up_to_date, first.up_to_date);
+        // The source changed (a new resourceVersion): rendered and judged again.
+        let mut changed = x.clone();
+        changed["metadata"]["resourceVersion"] = json!("2");
+        changed["data"] = json!({"k": "v2"});
+        let p = go(&[changed], &observed, &first.up_to_date);
+        assert!(matches!(
+            p.sources[0].targets[0].write,
+            Some(Write::Update { .. })
+        ));
+        // The mirror changed (edited by hand): judged again.
+        let mut edited = observed.clone();
+        for o in edited.values_mut() {
+            o.object["metadata"]["resourceVersion"] = json!("10");
+            o.object["data"] = json!({"k": "hand"});
+        }
+        let p = go(std::slice::from_ref(&x), &edited, &first.up_to_date);
+        assert!(matches!(
+            p.sources[0].targets[0].write,
+            Some(Write::Update { .. })
+        ));
     }
 }
