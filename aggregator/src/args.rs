@@ -32,7 +32,7 @@ pub enum Controller {
     Health,
     /// Mirroring of namespaced objects across namespaces (mirror.md).
     Mirror,
-    /// Istio VirtualServices for developer routing (routing.md; not in this version yet).
+    /// Istio VirtualServices for developer routing (routing.md).
     Routing,
     /// Integration checks across clusters (integrations.md; not in this version yet).
     Integrations,
@@ -51,7 +51,7 @@ impl Controller {
 
     /// True when this version has it.
     pub fn built(self) -> bool {
-        matches!(self, Controller::Health | Controller::Mirror)
+        matches!(self, Controller::Health | Controller::Mirror | Controller::Routing)
     }
 }
 
@@ -119,8 +119,8 @@ pub struct Args {
     /// The controllers this process runs, comma-separated: `health`, `mirror`, `routing`,
     /// `integrations`. A controller not listed starts no watch and needs none of its RBAC; its
     /// Diagnostics methods answer FAILED_PRECONDITION. gRPC, the admin server, agent reports
-    /// and leader election always run. (This version implements `health` and `mirror`;
-    /// `routing` and `integrations` are accepted and reported as not built yet.)
+    /// and leader election always run. (This version implements `health`, `mirror` and
+    /// `routing`; `integrations` is accepted and reported as not built yet.)
     #[arg(long, env = "FLEETMIRROR_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Controller::Health, Controller::Mirror, Controller::Routing, Controller::Integrations])]
     pub controllers: Vec<Controller>,
 
@@ -185,7 +185,30 @@ pub struct Args {
     pub mirror: MirrorArgs,
 
     #[command(flatten)]
+    pub routing: RoutingArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The routing controller's flags (routing.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoutingArgs {
+    /// The DNS suffix of the hosts in generated VirtualServices and placeholders
+    /// (`<service>.<namespace>.svc.<domain>`).
+    #[arg(long, env = "FLEETMIRROR_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// A full re-plan of every routing domain this often (every change re-plans at once; with
+    /// nothing changed it writes nothing).
+    #[arg(long, env = "FLEETMIRROR_ROUTING_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub routing_resync_interval: Duration,
+
+    /// Only ConfigMaps in these namespaces (comma-separated) are routing configs; empty: every
+    /// namespace. Objects made for a config elsewhere are left to the instance that reads it
+    /// (for two installs in one cluster).
+    #[arg(long, env = "FLEETMIRROR_ROUTING_CONFIG_NAMESPACES", default_value = "")]
+    pub routing_config_namespaces: String,
 }
 
 /// The mirror controller's flags (mirror.md "Flags"). kubemirror's flags map one to one:
@@ -287,6 +310,7 @@ impl Args {
             return Err("--controllers must name at least one controller".into());
         }
         crate::mirror::MirrorConfig::from_args(&self.mirror)?;
+        crate::routing::RoutingConfig::from_args(&self.routing)?;
         Ok(())
     }
 }

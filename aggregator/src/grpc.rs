@@ -17,7 +17,7 @@ use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
 use fleetmirror_proto::v1::{
     GetMirrorRequest, GetNodeRequest, GetVClusterRequest, ListMirrorsRequest, ListMirrorsResponse,
-    ListNodesRequest, ListNodesResponse, ListVClustersRequest, ListVClustersResponse, MirrorSource,
+    ListNodesRequest, ListNodesResponse, ListRoutesRequest, ListRoutesResponse, ListVClustersRequest, ListVClustersResponse, MirrorSource,
     NodeDetail, NodeReport, ReportAck, VClusterDetail, node_report::Body,
 };
 use fleetmirror_runtime::admin::ReadyFlag;
@@ -34,6 +34,7 @@ use crate::index::FleetIndex;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
 use crate::mirror::MirrorView;
+use crate::routing::RoutingView;
 use crate::platform::Leadership;
 
 /// The Diagnostics service.
@@ -60,6 +61,8 @@ pub struct DiagnosticsService {
     channel: Arc<std::sync::Mutex<Option<(SocketAddr, Channel)>>>,
     /// The mirror controller's latest pass (the leader's).
     mirror: Arc<MirrorView>,
+    /// The routing controller's latest pass (this replica's).
+    routing: Arc<RoutingView>,
 }
 
 /// Metadata on a call a standby forwarded.
@@ -110,6 +113,7 @@ impl DiagnosticsService {
         auth: Option<DiagnosticsAuth>,
         forward_tls: Option<tonic::transport::ClientTlsConfig>,
         mirror: Arc<MirrorView>,
+        routing: Arc<RoutingView>,
     ) -> Self {
         Self {
             index,
@@ -121,6 +125,7 @@ impl DiagnosticsService {
             forward_tls,
             channel: Default::default(),
             mirror,
+            routing,
         }
     }
 
@@ -360,6 +365,28 @@ impl Diagnostics for DiagnosticsService {
         }
         let (sources, kinds) = self.mirror.list(&r.namespace, &r.kind);
         Ok(Response::new(ListMirrorsResponse { sources, kinds }))
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesResponse>, Status> {
+        self.authorize(&request).await?;
+        self.require(Controller::Routing)?;
+        // Every replica watches and plans: answered here.
+        let r = request.into_inner();
+        if !r.namespace.is_empty() {
+            require_label("namespace", &r.namespace)?;
+        }
+        if !r.service.is_empty() {
+            require_label("service", &r.service)?;
+        }
+        let (configs, services, api_version) = self.routing.list(&r.namespace, &r.service);
+        Ok(Response::new(ListRoutesResponse {
+            configs,
+            services,
+            api_version,
+        }))
     }
 
     async fn get_mirror(
@@ -606,6 +633,8 @@ pub struct GrpcServer {
     pub ready: ReadyFlag,
     /// The mirror controller's view (empty unless it runs).
     pub mirror: Arc<MirrorView>,
+    /// The routing controller's view (empty unless it runs).
+    pub routing: Arc<RoutingView>,
 }
 
 impl GrpcServer {
@@ -642,6 +671,7 @@ impl GrpcServer {
             self.diagnostics_auth,
             self.tls.as_ref().map(|(_, client)| client.clone()),
             self.mirror.clone(),
+            self.routing.clone(),
         );
         let agents = AgentReportService {
             auth: self.auth,

@@ -25,3 +25,4 @@ pub mod leader;
 pub mod metrics;
 pub mod mirror;
 pub mod platform;
+pub mod routing;

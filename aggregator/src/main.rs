@@ -83,6 +83,10 @@ async fn run() -> anyhow::Result<()> {
     let mirror_metrics = controllers
         .contains(&Controller::Mirror)
         .then(|| fleetmirror_aggregator::mirror::MirrorMetrics::register(&mut registry));
+    let routing_view = Arc::new(fleetmirror_aggregator::routing::RoutingView::default());
+    let routing_metrics = controllers
+        .contains(&Controller::Routing)
+        .then(|| fleetmirror_aggregator::routing::RoutingMetrics::register(&mut registry));
     for c in controllers.iter().filter(|c| !c.built()) {
         tracing::warn!(
             controller = c.as_str(),
@@ -128,6 +132,7 @@ async fn run() -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ready: readiness.register("grpc"),
             mirror: mirror_view.clone(),
+            routing: routing_view.clone(),
         };
         let token = token.clone();
         tasks.spawn("gRPC server", async move { server.serve(token).await });
@@ -193,6 +198,23 @@ async fn run() -> anyhow::Result<()> {
             readiness.register("mirror"),
         );
         tasks.spawn("mirror controller", controller.run());
+    }
+    if let Some(metrics) = routing_metrics {
+        let config = fleetmirror_aggregator::routing::RoutingConfig::from_args(&args.routing)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            cluster_domain = %config.settings.domain,
+            config_namespaces = %args.routing.routing_config_namespaces,
+            "routing controller"
+        );
+        let controller = fleetmirror_aggregator::routing::RoutingController::new(
+            ctx.clone(),
+            config,
+            routing_view.clone(),
+            metrics,
+            readiness.register("routing"),
+        );
+        tasks.spawn("routing controller", controller.run());
     }
     if args.leader_elect {
         // While its own agents reconnect, a new leader publishes at least the count it

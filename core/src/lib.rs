@@ -9,6 +9,8 @@
 //! * [`status`]: what every controller's status decisions share (Kubernetes-shaped time and
 //!   conditions, write-due rules, Events, backoff);
 //! * [`mirror`]: namespace mirroring's decisions (targets, rendering, transforms, ownership);
+//! * [`routing`]: developer routing's decisions (configs, templates, the pass, the route
+//!   evaluator the tests judge VirtualServices with);
 //! * [`pod`]: which host pods are synced vCluster pods or control-plane pods;
 //! * [`mountinfo`]: `/proc/self/mountinfo` parsing and bind-source resolution;
 //! * [`plan`]: the agent's mount reconcile as a pure function (layouts, cross-tenant guard,
@@ -20,4 +22,5 @@ pub mod mountinfo;
 pub mod naming;
 pub mod plan;
 pub mod pod;
+pub mod routing;
 pub mod status;

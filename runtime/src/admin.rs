@@ -19,6 +19,8 @@ pub type CheckFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 #[derive(Clone)]
 enum Check {
     Flag(bool),
+    /// Ready, with a detail for the verbose report.
+    Note(String),
     Computed(CheckFn),
 }
 
@@ -26,6 +28,7 @@ impl std::fmt::Debug for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Check::Flag(b) => write!(f, "Flag({b})"),
+            Check::Note(n) => write!(f, "Note({n})"),
             Check::Computed(_) => f.write_str("Computed"),
         }
     }
@@ -34,7 +37,7 @@ impl std::fmt::Debug for Check {
 impl Check {
     fn result(&self) -> Result<(), String> {
         match self {
-            Check::Flag(true) => Ok(()),
+            Check::Flag(true) | Check::Note(_) => Ok(()),
             Check::Flag(false) => Err("not ready".into()),
             Check::Computed(f) => f(),
         }
@@ -101,9 +104,10 @@ impl Readiness {
     fn report(&self) -> String {
         self.results()
             .iter()
-            .map(|(name, result)| match result {
-                Ok(()) => format!("[+]{name} ok\n"),
-                Err(why) => format!("[-]{name} {why}\n"),
+            .map(|(name, result)| match (result, checks_note(&self.checks, name)) {
+                (Ok(()), Some(note)) => format!("[+]{name} ok: {note}\n"),
+                (Ok(()), None) => format!("[+]{name} ok\n"),
+                (Err(why), _) => format!("[-]{name} {why}\n"),
             })
             .collect()
     }
@@ -113,6 +117,19 @@ impl ReadyFlag {
     /// Marks the check ready or not ready.
     pub fn set(&self, ready: bool) {
         lock(&self.checks).insert(self.name.clone(), Check::Flag(ready));
+    }
+
+    /// Marks the check ready with a detail `/readyz?verbose` shows (e.g. what it waits for
+    /// that must not make the process unready).
+    pub fn set_note(&self, note: &str) {
+        lock(&self.checks).insert(self.name.clone(), Check::Note(note.to_owned()));
+    }
+}
+
+fn checks_note(checks: &Checks, name: &str) -> Option<String> {
+    match lock(checks).get(name) {
+        Some(Check::Note(n)) => Some(n.clone()),
+        _ => None,
     }
 }
 

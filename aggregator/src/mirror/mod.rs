@@ -26,7 +26,7 @@
 //! * the Events said, so a condition is said once while it holds (again when its message
 //!   changes or it comes back).
 
-mod kinds;
+pub(crate) mod kinds;
 pub mod view;
 mod writer;
 

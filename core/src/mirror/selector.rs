@@ -26,7 +26,7 @@ pub enum Requirement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector(pub Vec<Requirement>);
 
-fn valid_key(k: &str) -> bool {
+pub(crate) fn valid_key(k: &str) -> bool {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -41,7 +41,7 @@ fn valid_key(k: &str) -> bool {
     name_ok && prefix.is_none_or(|p| crate::naming::validate_dns1123_subdomain(p).is_ok())
 }
 
-fn valid_value(v: &str) -> bool {
+pub(crate) fn valid_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
             && v.chars()
