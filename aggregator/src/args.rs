@@ -51,7 +51,10 @@ impl Controller {
 
     /// True when this version has it.
     pub fn built(self) -> bool {
-        matches!(self, Controller::Health | Controller::Mirror | Controller::Routing)
+        matches!(
+            self,
+            Controller::Health | Controller::Mirror | Controller::Routing
+        )
     }
 }
 
@@ -196,7 +199,11 @@ pub struct Args {
 pub struct RoutingArgs {
     /// The DNS suffix of the hosts in generated VirtualServices and placeholders
     /// (`<service>.<namespace>.svc.<domain>`).
-    #[arg(long, env = "FLEETMIRROR_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "FLEETMIRROR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     pub cluster_domain: String,
 
     /// A full re-plan of every routing domain this often (every change re-plans at once; with
@@ -207,7 +214,11 @@ pub struct RoutingArgs {
     /// Only ConfigMaps in these namespaces (comma-separated) are routing configs; empty: every
     /// namespace. Objects made for a config elsewhere are left to the instance that reads it
     /// (for two installs in one cluster).
-    #[arg(long, env = "FLEETMIRROR_ROUTING_CONFIG_NAMESPACES", default_value = "")]
+    #[arg(
+        long,
+        env = "FLEETMIRROR_ROUTING_CONFIG_NAMESPACES",
+        default_value = ""
+    )]
     pub routing_config_namespaces: String,
 }
 

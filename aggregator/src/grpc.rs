@@ -17,8 +17,9 @@ use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
 use fleetmirror_proto::v1::{
     GetMirrorRequest, GetNodeRequest, GetVClusterRequest, ListMirrorsRequest, ListMirrorsResponse,
-    ListNodesRequest, ListNodesResponse, ListRoutesRequest, ListRoutesResponse, ListVClustersRequest, ListVClustersResponse, MirrorSource,
-    NodeDetail, NodeReport, ReportAck, VClusterDetail, node_report::Body,
+    ListNodesRequest, ListNodesResponse, ListRoutesRequest, ListRoutesResponse,
+    ListVClustersRequest, ListVClustersResponse, MirrorSource, NodeDetail, NodeReport, ReportAck,
+    VClusterDetail, node_report::Body,
 };
 use fleetmirror_runtime::admin::ReadyFlag;
 use tokio::sync::{mpsc, watch};
@@ -34,8 +35,8 @@ use crate::index::FleetIndex;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
 use crate::mirror::MirrorView;
-use crate::routing::RoutingView;
 use crate::platform::Leadership;
+use crate::routing::RoutingView;
 
 /// The Diagnostics service.
 ///

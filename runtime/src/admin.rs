@@ -104,11 +104,13 @@ impl Readiness {
     fn report(&self) -> String {
         self.results()
             .iter()
-            .map(|(name, result)| match (result, checks_note(&self.checks, name)) {
-                (Ok(()), Some(note)) => format!("[+]{name} ok: {note}\n"),
-                (Ok(()), None) => format!("[+]{name} ok\n"),
-                (Err(why), _) => format!("[-]{name} {why}\n"),
-            })
+            .map(
+                |(name, result)| match (result, checks_note(&self.checks, name)) {
+                    (Ok(()), Some(note)) => format!("[+]{name} ok: {note}\n"),
+                    (Ok(()), None) => format!("[+]{name} ok\n"),
+                    (Err(why), _) => format!("[-]{name} {why}\n"),
+                },
+            )
             .collect()
     }
 }

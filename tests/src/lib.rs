@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod node;
 pub mod pod;
 pub mod process;
+pub mod routing;
 pub mod sandbox;
 pub mod tls;
 

@@ -74,7 +74,11 @@ const WRITE_CONCURRENCY: usize = 8;
 const DISCOVERY_WAITING: Duration = Duration::from_secs(5);
 const DISCOVERY_FOUND: Duration = Duration::from_secs(60);
 const WATCH_VS: &str = "routing-virtualservices";
-const WATCHES: [&str; 3] = ["routing-configmaps", "routing-namespaces", "routing-services"];
+const WATCHES: [&str; 3] = [
+    "routing-configmaps",
+    "routing-namespaces",
+    "routing-services",
+];
 
 /// The controller's configuration (from its flags).
 #[derive(Debug, Clone)]
@@ -226,7 +230,9 @@ fn trim_virtual_service(o: &mut DynamicObject) {
         .and_then(|l| l.get(MANAGED_BY))
         .is_some_and(|v| v == MANAGED_BY_VALUE);
     if let Some(mf) = &mut o.metadata.managed_fields {
-        mf.retain(|e| e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply"));
+        mf.retain(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
+        });
     }
     if !ours {
         o.metadata.managed_fields = None;
@@ -327,26 +333,52 @@ fn reason_of(e: &Fenced<kube::Error>) -> (&'static str, String, bool) {
 /// One write of a pass.
 #[derive(Debug)]
 enum Op {
-    Apply { key: Key, body: Value, force: bool, service: Key },
-    Delete { kind: DeleteKind, key: Key, uid: String, resource_version: Option<String> },
-    Placeholder { key: Key, body: Value, resource_version: Option<String> },
+    Apply {
+        key: Key,
+        body: Value,
+        force: bool,
+        service: Key,
+    },
+    Delete {
+        kind: DeleteKind,
+        key: Key,
+        uid: String,
+        resource_version: Option<String>,
+    },
+    Placeholder {
+        key: Key,
+        body: Value,
+        resource_version: Option<String>,
+    },
 }
 
 impl Op {
     fn key(&self) -> ObjKey {
         match self {
             Op::Apply { key, .. } => ("vs", key.0.clone(), key.1.clone()),
-            Op::Delete { kind: DeleteKind::VirtualService, key, .. } => ("vs", key.0.clone(), key.1.clone()),
-            Op::Delete { key, .. } | Op::Placeholder { key, .. } => ("svc", key.0.clone(), key.1.clone()),
+            Op::Delete {
+                kind: DeleteKind::VirtualService,
+                key,
+                ..
+            } => ("vs", key.0.clone(), key.1.clone()),
+            Op::Delete { key, .. } | Op::Placeholder { key, .. } => {
+                ("svc", key.0.clone(), key.1.clone())
+            }
         }
     }
 
     fn op(&self) -> &'static str {
         match self {
             Op::Apply { .. } => "apply",
-            Op::Delete { kind: DeleteKind::VirtualService, .. } => "delete",
+            Op::Delete {
+                kind: DeleteKind::VirtualService,
+                ..
+            } => "delete",
             Op::Delete { .. } => "placeholder_delete",
-            Op::Placeholder { resource_version: None, .. } => "placeholder_create",
+            Op::Placeholder {
+                resource_version: None,
+                ..
+            } => "placeholder_create",
             Op::Placeholder { .. } => "placeholder_update",
         }
     }
@@ -365,7 +397,13 @@ impl RoutingController {
         metrics: RoutingMetrics,
         ready: ReadyFlag,
     ) -> Self {
-        Self { ctx, config, view, metrics, ready }
+        Self {
+            ctx,
+            config,
+            view,
+            metrics,
+            ready,
+        }
     }
 
     /// Watches, plans and writes until shutdown.
@@ -410,7 +448,12 @@ impl RoutingController {
         loop {
             let now = Instant::now();
             // The VirtualService API: discovered on schedule, and at once when its watch fails.
-            if now >= next_discovery || w.erring(WATCH_VS) && vs.as_ref().is_some_and(|v| v.listed.load(std::sync::atomic::Ordering::Relaxed)) {
+            if now >= next_discovery
+                || w.erring(WATCH_VS)
+                    && vs
+                        .as_ref()
+                        .is_some_and(|v| v.listed.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 match discover(&self.ctx.client).await {
                     Ok(version) => {
                         if version != vs.as_ref().map(|v| v.version) {
@@ -436,33 +479,59 @@ impl RoutingController {
                             }
                         }
                         if vs.is_none() && !waiting_logged {
-                            tracing::info!("routing: waiting for the VirtualService API (networking.istio.io v1 or v1beta1 virtualservices); checked every 5s");
+                            tracing::info!(
+                                "routing: waiting for the VirtualService API (networking.istio.io v1 or v1beta1 virtualservices); checked every 5s"
+                            );
                             waiting_logged = true;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "routing: discovering the VirtualService API failed; trying again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing: discovering the VirtualService API failed; trying again")
+                    }
                 }
                 next_discovery = Instant::now()
-                    + if vs.is_some() { DISCOVERY_FOUND } else { DISCOVERY_WAITING };
+                    + if vs.is_some() {
+                        DISCOVERY_FOUND
+                    } else {
+                        DISCOVERY_WAITING
+                    };
             }
             if now >= next_resync {
                 next_resync = now + self.config.resync_interval;
             }
 
-            let base_listed = listed.iter().all(|l| l.load(std::sync::atomic::Ordering::Relaxed));
+            let base_listed = listed
+                .iter()
+                .all(|l| l.load(std::sync::atomic::Ordering::Relaxed));
             if base_listed {
                 match &vs {
                     Some(_) => self.ready.set(true),
-                    None => self.ready.set_note("waiting for the VirtualService API (networking.istio.io)"),
+                    None => self
+                        .ready
+                        .set_note("waiting for the VirtualService API (networking.istio.io)"),
                 }
                 let started = Instant::now();
-                self.pass(&configs, &namespaces, &services, vs.as_ref(), &mut memory, &events).await;
+                self.pass(
+                    &configs,
+                    &namespaces,
+                    &services,
+                    vs.as_ref(),
+                    &mut memory,
+                    &events,
+                )
+                .await;
                 self.metrics.pass(started.elapsed().as_secs_f64());
             }
 
             // Sleep until a change, a retry, a discovery or the resync.
             let mut wake = next_discovery.min(next_resync);
-            if let Some(t) = memory.failures.values().map(|f| f.next).filter(|t| *t > Instant::now()).min() {
+            if let Some(t) = memory
+                .failures
+                .values()
+                .map(|f| f.next)
+                .filter(|t| *t > Instant::now())
+                .min()
+            {
                 wake = wake.min(t);
             }
             if let Some(t) = memory.inflight.values().map(|f| f.at + INFLIGHT_TTL).min() {
@@ -478,14 +547,26 @@ impl RoutingController {
     }
 
     /// Parses configs whose version changed; returns the inputs of the pass.
-    fn configs(&self, store: &Store<ConfigMap>, memory: &mut Memory) -> (Vec<ConfigIn>, Vec<(ObjectRef, Event)>) {
+    fn configs(
+        &self,
+        store: &Store<ConfigMap>,
+        memory: &mut Memory,
+    ) -> (Vec<ConfigIn>, Vec<(ObjectRef, Event)>) {
         let mut out = Vec::new();
         let mut conditions = Vec::new();
         let mut live = BTreeSet::new();
         for cm in store.state() {
             let m = &cm.metadata;
-            let (Some(ns), Some(name), Some(uid)) = (&m.namespace, &m.name, &m.uid) else { continue };
-            if !self.config.settings.config_namespaces.as_ref().is_none_or(|s| s.contains(ns)) {
+            let (Some(ns), Some(name), Some(uid)) = (&m.namespace, &m.name, &m.uid) else {
+                continue;
+            };
+            if !self
+                .config
+                .settings
+                .config_namespaces
+                .as_ref()
+                .is_none_or(|s| s.contains(ns))
+            {
                 continue;
             }
             live.insert(uid.clone());
@@ -493,7 +574,11 @@ impl RoutingController {
             let mem = memory.configs.entry(uid.clone()).or_default();
             if mem.resource_version != rv || (mem.effective.is_none() && mem.invalid.is_none()) {
                 mem.resource_version = rv.clone();
-                let text = cm.data.as_ref().and_then(|d| d.get("config.yaml")).map(String::as_str);
+                let text = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("config.yaml"))
+                    .map(String::as_str);
                 match parse(text) {
                     Ok(c) => {
                         if mem.was_invalid {
@@ -512,17 +597,37 @@ impl RoutingController {
                     }
                 }
             }
-            let object = ObjectRef { kind: "ConfigMap", namespace: ns.clone(), name: name.clone(), uid: uid.clone() };
+            let object = ObjectRef {
+                kind: "ConfigMap",
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+            };
             if let Some(msg) = &mem.invalid {
-                let kept = if mem.effective.is_some() { "; the last good version stays in effect" } else { "; no good version is known, so nothing is changed" };
+                let kept = if mem.effective.is_some() {
+                    "; the last good version stays in effect"
+                } else {
+                    "; no good version is known, so nothing is changed"
+                };
                 // Said once per resourceVersion: the version is part of what is compared.
-                conditions.push((object, Event { warning: true, reason: "InvalidConfig", note: format!("{msg}{kept}\u{0}{rv}") }));
+                conditions.push((
+                    object,
+                    Event {
+                        warning: true,
+                        reason: "InvalidConfig",
+                        note: format!("{msg}{kept}\u{0}{rv}"),
+                    },
+                ));
             }
             out.push(ConfigIn {
                 namespace: ns.clone(),
                 name: name.clone(),
                 uid: uid.clone(),
-                created: m.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+                created: m
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default(),
                 effective: mem.effective.clone(),
                 invalid: mem.invalid.clone(),
             });
@@ -568,8 +673,12 @@ impl RoutingController {
                     ServiceIn {
                         uid: m.uid.clone().unwrap_or_default(),
                         resource_version: m.resource_version.clone().unwrap_or_default(),
-                        type_: spec.and_then(|s| s.type_.clone()).unwrap_or_else(|| "ClusterIP".into()),
-                        external_name: spec.and_then(|s| s.external_name.clone()).unwrap_or_default(),
+                        type_: spec
+                            .and_then(|s| s.type_.clone())
+                            .unwrap_or_else(|| "ClusterIP".into()),
+                        external_name: spec
+                            .and_then(|s| s.external_name.clone())
+                            .unwrap_or_default(),
                         labels: m.labels.clone().unwrap_or_default(),
                         annotations: m.annotations.clone().unwrap_or_default(),
                     },
@@ -582,22 +691,45 @@ impl RoutingController {
         if let Some(v) = vs {
             for o in v.store.state() {
                 let m = &o.metadata;
-                let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else { continue };
-                let managed_spec_keys = m.managed_fields.as_ref().and_then(|mf| mf.first()).and_then(|e| {
-                    let spec = e.fields_v1.as_ref()?.0.get("f:spec")?.as_object()?;
-                    Some(spec.keys().filter_map(|k| k.strip_prefix("f:").map(str::to_owned)).collect::<BTreeSet<_>>())
-                });
+                let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
+                    continue;
+                };
+                let managed_spec_keys = m
+                    .managed_fields
+                    .as_ref()
+                    .and_then(|mf| mf.first())
+                    .and_then(|e| {
+                        let spec = e.fields_v1.as_ref()?.0.get("f:spec")?.as_object()?;
+                        Some(
+                            spec.keys()
+                                .filter_map(|k| k.strip_prefix("f:").map(str::to_owned))
+                                .collect::<BTreeSet<_>>(),
+                        )
+                    });
                 if let Some(rv) = numeric_rv(m.resource_version.as_deref()) {
                     vs_rv.insert((ns.clone(), name.clone()), rv);
                 }
-                vs_in.insert((ns, name), VirtualServiceIn {
-                    uid: m.uid.clone().unwrap_or_default(),
-                    labels: m.labels.clone().unwrap_or_default(),
-                    annotations: m.annotations.clone().unwrap_or_default(),
-                    owner_references: m.owner_references.iter().flatten().filter_map(|r| serde_json::to_value(r).ok()).collect(),
-                    spec: o.data.get("spec").and_then(Value::as_object).cloned().unwrap_or_default(),
-                    managed_spec_keys,
-                });
+                vs_in.insert(
+                    (ns, name),
+                    VirtualServiceIn {
+                        uid: m.uid.clone().unwrap_or_default(),
+                        labels: m.labels.clone().unwrap_or_default(),
+                        annotations: m.annotations.clone().unwrap_or_default(),
+                        owner_references: m
+                            .owner_references
+                            .iter()
+                            .flatten()
+                            .filter_map(|r| serde_json::to_value(r).ok())
+                            .collect(),
+                        spec: o
+                            .data
+                            .get("spec")
+                            .and_then(Value::as_object)
+                            .cloned()
+                            .unwrap_or_default(),
+                        managed_spec_keys,
+                    },
+                );
             }
         }
         let gc = vs_ready && !WATCHES.iter().chain([&WATCH_VS]).any(|n| w.erring(n));
@@ -614,9 +746,17 @@ impl RoutingController {
 
         // What to write: skip writes the watch has not caught up with, and objects in backoff.
         let now = Instant::now();
-        memory.inflight.retain(|_, f| now.duration_since(f.at) < INFLIGHT_TTL);
-        memory.gone.retain(|_, (_, at)| now.duration_since(*at) < INFLIGHT_TTL);
-        let svc_rv = |k: &Key| svc_in.get(k).and_then(|s| numeric_rv(Some(&s.resource_version)));
+        memory
+            .inflight
+            .retain(|_, f| now.duration_since(f.at) < INFLIGHT_TTL);
+        memory
+            .gone
+            .retain(|_, (_, at)| now.duration_since(*at) < INFLIGHT_TTL);
+        let svc_rv = |k: &Key| {
+            svc_in
+                .get(k)
+                .and_then(|s| numeric_rv(Some(&s.resource_version)))
+        };
         let mut ops = Vec::new();
         let mut wanted: BTreeSet<ObjKey> = BTreeSet::new();
         for a in &plan.applies {
@@ -625,13 +765,27 @@ impl RoutingController {
                 body["apiVersion"] = Value::String(format!("networking.istio.io/{}", v.version));
                 body["kind"] = Value::String("VirtualService".into());
             }
-            ops.push(Op::Apply { key: (a.namespace.clone(), a.name.clone()), body, force: a.force, service: a.service.clone() });
+            ops.push(Op::Apply {
+                key: (a.namespace.clone(), a.name.clone()),
+                body,
+                force: a.force,
+                service: a.service.clone(),
+            });
         }
         for p in &plan.placeholders {
-            ops.push(Op::Placeholder { key: (p.namespace.clone(), p.name.clone()), body: p.body.clone(), resource_version: p.resource_version.clone() });
+            ops.push(Op::Placeholder {
+                key: (p.namespace.clone(), p.name.clone()),
+                body: p.body.clone(),
+                resource_version: p.resource_version.clone(),
+            });
         }
         for d in &plan.deletes {
-            ops.push(Op::Delete { kind: d.kind, key: (d.namespace.clone(), d.name.clone()), uid: d.uid.clone(), resource_version: d.resource_version.clone() });
+            ops.push(Op::Delete {
+                kind: d.kind,
+                key: (d.namespace.clone(), d.name.clone()),
+                uid: d.uid.clone(),
+                resource_version: d.resource_version.clone(),
+            });
         }
         ops.retain(|op| {
             let key = op.key();
@@ -663,7 +817,9 @@ impl RoutingController {
                     let client = client.clone();
                     async move {
                         let fp = match &op {
-                            Op::Apply { body, .. } | Op::Placeholder { body, .. } => fingerprint(body),
+                            Op::Apply { body, .. } | Op::Placeholder { body, .. } => {
+                                fingerprint(body)
+                            }
                             Op::Delete { .. } => 0,
                         };
                         let r = write(term, &client, vs_api_version, &op).await;
@@ -687,7 +843,14 @@ impl RoutingController {
                             }
                             _ => {
                                 if let Some(rv) = numeric_rv(rv.as_deref()) {
-                                    memory.inflight.insert(key, InFlight { fingerprint: fp, resource_version: rv, at: now });
+                                    memory.inflight.insert(
+                                        key,
+                                        InFlight {
+                                            fingerprint: fp,
+                                            resource_version: rv,
+                                            at: now,
+                                        },
+                                    );
                                 }
                             }
                         }
@@ -704,7 +867,12 @@ impl RoutingController {
                             continue;
                         }
                         self.metrics.write_error(name, reason);
-                        let f = memory.failures.entry(key.clone()).or_insert(Failure { failures: 0, next: now, message: String::new(), permanent });
+                        let f = memory.failures.entry(key.clone()).or_insert(Failure {
+                            failures: 0,
+                            next: now,
+                            message: String::new(),
+                            permanent,
+                        });
                         f.failures += 1;
                         f.next = now + Failure::delay(f.failures);
                         f.message = format!("{name} failed: {message}");
@@ -719,10 +887,18 @@ impl RoutingController {
         if let Some(term) = &term {
             let mut holding: HashMap<String, (ObjectRef, Vec<Event>)> = HashMap::new();
             for (object, event) in config_conditions.drain(..) {
-                holding.entry(object.uid.clone()).or_insert_with(|| (object, vec![])).1.push(event);
+                holding
+                    .entry(object.uid.clone())
+                    .or_insert_with(|| (object, vec![]))
+                    .1
+                    .push(event);
             }
             for c in &plan.conditions {
-                holding.entry(c.object.uid.clone()).or_insert_with(|| (c.object.clone(), vec![])).1.push(c.event.clone());
+                holding
+                    .entry(c.object.uid.clone())
+                    .or_insert_with(|| (c.object.clone(), vec![]))
+                    .1
+                    .push(c.event.clone());
             }
             let mut said = std::mem::take(&mut memory.said);
             let mut now_said: HashMap<String, BTreeMap<&'static str, String>> = HashMap::new();
@@ -750,25 +926,55 @@ impl RoutingController {
             memory.said = now_said;
             for uid in std::mem::take(&mut memory.loaded) {
                 if let Some(c) = config_inputs.iter().find(|c| c.uid == uid) {
-                    let object = ObjectRef { kind: "ConfigMap", namespace: c.namespace.clone(), name: c.name.clone(), uid: c.uid.clone() };
-                    let e = Event { warning: false, reason: "ConfigLoaded", note: format!("config.yaml is valid again and in effect (default namespace {})", c.effective.as_ref().map(|e| e.default_namespace.as_str()).unwrap_or("")) };
+                    let object = ObjectRef {
+                        kind: "ConfigMap",
+                        namespace: c.namespace.clone(),
+                        name: c.name.clone(),
+                        uid: c.uid.clone(),
+                    };
+                    let e = Event {
+                        warning: false,
+                        reason: "ConfigLoaded",
+                        note: format!(
+                            "config.yaml is valid again and in effect (default namespace {})",
+                            c.effective
+                                .as_ref()
+                                .map(|e| e.default_namespace.as_str())
+                                .unwrap_or("")
+                        ),
+                    };
                     let _ = events.publish(term, &object_reference(&object), &e).await;
                 }
             }
         }
 
         // The view and the metrics.
-        let mut states = [("synced", 0i64), ("pending", 0), ("conflict", 0), ("error", 0)];
+        let mut states = [
+            ("synced", 0i64),
+            ("pending", 0),
+            ("conflict", 0),
+            ("error", 0),
+        ];
         let services_view = plan
             .services
             .iter()
             .map(|s| {
                 let (mut state, mut message) = (s.state, s.message.clone());
                 if state == RouteState::Pending {
-                    if let Some((st, m)) = outcomes.get(&(s.default_namespace.clone(), s.service.clone())) {
+                    if let Some((st, m)) =
+                        outcomes.get(&(s.default_namespace.clone(), s.service.clone()))
+                    {
                         (state, message) = (*st, m.clone());
-                    } else if let Some(f) = memory.failures.get(&("vs", s.default_namespace.clone(), s.virtual_service.clone())) {
-                        state = if f.permanent { RouteState::Error } else { RouteState::Pending };
+                    } else if let Some(f) = memory.failures.get(&(
+                        "vs",
+                        s.default_namespace.clone(),
+                        s.virtual_service.clone(),
+                    )) {
+                        state = if f.permanent {
+                            RouteState::Error
+                        } else {
+                            RouteState::Pending
+                        };
                         message = f.message.clone();
                     } else if vs.is_none() {
                         message = "waiting for the VirtualService API (networking.istio.io)".into();
@@ -802,11 +1008,17 @@ impl RoutingController {
             }]
             .1 += 1;
         }
-        self.metrics.set_gauges(config_states, states, plan.routes, plan.placeholders_in_place);
+        self.metrics.set_gauges(
+            config_states,
+            states,
+            plan.routes,
+            plan.placeholders_in_place,
+        );
         self.view.set(
             plan.configs.iter().map(view::config_proto).collect(),
             services_view,
-            vs.map(|v| format!("networking.istio.io/{}", v.version)).unwrap_or_default(),
+            vs.map(|v| format!("networking.istio.io/{}", v.version))
+                .unwrap_or_default(),
         );
     }
 }
@@ -825,34 +1037,55 @@ fn object_reference(o: &ObjectRef) -> ObjectReference {
 /// Makes one write, fenced by `term`.
 async fn write(term: &Term, client: &kube::Client, version: &str, op: &Op) -> Outcome {
     match op {
-        Op::Apply { key, body, force, .. } => {
-            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &vs_ar(version));
+        Op::Apply {
+            key, body, force, ..
+        } => {
+            let api =
+                Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &vs_ar(version));
             let mut params = PatchParams::apply(FIELD_MANAGER);
             params.force = *force;
-            let o = term.fence(api.patch(&key.1, &params, &Patch::Apply(body))).await?;
+            let o = term
+                .fence(api.patch(&key.1, &params, &Patch::Apply(body)))
+                .await?;
             Ok(o.metadata.resource_version)
         }
-        Op::Delete { kind, key, uid, resource_version } => {
+        Op::Delete {
+            kind,
+            key,
+            uid,
+            resource_version,
+        } => {
             let ar = match kind {
                 DeleteKind::VirtualService => vs_ar(version),
                 DeleteKind::Placeholder => services_ar(),
             };
             let api = Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &ar);
             let params = DeleteParams {
-                preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: resource_version.clone() }),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: resource_version.clone(),
+                }),
                 ..Default::default()
             };
             term.fence(api.delete(&key.1, &params)).await?;
             Ok(None)
         }
-        Op::Placeholder { key, body, resource_version } => {
+        Op::Placeholder {
+            key,
+            body,
+            resource_version,
+        } => {
             let api = Api::<DynamicObject>::namespaced_with(client.clone(), &key.0, &services_ar());
             let o = match resource_version {
                 None => {
-                    let obj: DynamicObject = serde_json::from_value(body.clone()).map_err(|e| Fenced::Failed(kube::Error::SerdeError(e)))?;
+                    let obj: DynamicObject = serde_json::from_value(body.clone())
+                        .map_err(|e| Fenced::Failed(kube::Error::SerdeError(e)))?;
                     term.fence(api.create(&PostParams::default(), &obj)).await?
                 }
-                Some(_) => term.fence(api.patch(&key.1, &PatchParams::default(), &Patch::Merge(body))).await?,
+                Some(_) => {
+                    term.fence(api.patch(&key.1, &PatchParams::default(), &Patch::Merge(body)))
+                        .await?
+                }
             };
             Ok(o.metadata.resource_version)
         }

@@ -20,23 +20,31 @@ pub struct RoutingView {
 }
 
 impl RoutingView {
-    pub(super) fn set(&self, configs: Vec<RoutingConfig>, services: Vec<ServiceRoutes>, api: String) {
+    pub(super) fn set(
+        &self,
+        configs: Vec<RoutingConfig>,
+        services: Vec<ServiceRoutes>,
+        api: String,
+    ) {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (configs, services, api);
     }
 
     /// Every config, the services filtered by default namespace and name ("" = any), and the
     /// API version in use.
-    pub fn list(&self, namespace: &str, service: &str) -> (Vec<RoutingConfig>, Vec<ServiceRoutes>, String) {
+    pub fn list(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> (Vec<RoutingConfig>, Vec<ServiceRoutes>, String) {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let services = g
-            .1
-            .iter()
-            .filter(|s| {
-                (namespace.is_empty() || s.default_namespace == namespace)
-                    && (service.is_empty() || s.service == service)
-            })
-            .cloned()
-            .collect();
+        let services =
+            g.1.iter()
+                .filter(|s| {
+                    (namespace.is_empty() || s.default_namespace == namespace)
+                        && (service.is_empty() || s.service == service)
+                })
+                .cloned()
+                .collect();
         (g.0.clone(), services, g.2.clone())
     }
 }
@@ -131,25 +139,51 @@ impl RoutingMetrics {
             api_version: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("fleetmirror_routing");
-        r.register("configs", "Routing configs by state (valid, invalid, conflict)", m.configs.clone());
+        r.register(
+            "configs",
+            "Routing configs by state (valid, invalid, conflict)",
+            m.configs.clone(),
+        );
         r.register(
             "virtualservices",
             "Prod Services that are not excluded, by the state of their VirtualService (synced, pending, conflict, error)",
             m.virtual_services.clone(),
         );
-        r.register("routes", "Developer routes in all planned VirtualServices", m.routes.clone());
-        r.register("placeholders", "Placeholder Services in place", m.placeholders.clone());
+        r.register(
+            "routes",
+            "Developer routes in all planned VirtualServices",
+            m.routes.clone(),
+        );
+        r.register(
+            "placeholders",
+            "Placeholder Services in place",
+            m.placeholders.clone(),
+        );
         r.register("writes", "Writes by operation", m.writes.clone());
-        r.register("write_errors", "Failed writes by operation and reason", m.write_errors.clone());
-        r.register("config_errors", "Refused config versions by reason", m.config_errors.clone());
-        r.register("reconcile_seconds", "Duration of one routing pass", m.reconcile.clone());
+        r.register(
+            "write_errors",
+            "Failed writes by operation and reason",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Refused config versions by reason",
+            m.config_errors.clone(),
+        );
+        r.register(
+            "reconcile_seconds",
+            "Duration of one routing pass",
+            m.reconcile.clone(),
+        );
         r.register(
             "api_version",
             "The VirtualService API version in use (1), by version (v1, v1beta1, none)",
             m.api_version.clone(),
         );
         for v in ["v1", "v1beta1", "none"] {
-            m.api_version.get_or_create(&VersionLabel { version: v }).set(0);
+            m.api_version
+                .get_or_create(&VersionLabel { version: v })
+                .set(0);
         }
         m
     }
@@ -159,11 +193,15 @@ impl RoutingMetrics {
     }
 
     pub(super) fn write_error(&self, op: &'static str, reason: &'static str) {
-        self.write_errors.get_or_create(&OpReason { op, reason }).inc();
+        self.write_errors
+            .get_or_create(&OpReason { op, reason })
+            .inc();
     }
 
     pub(super) fn config_error(&self, reason: &'static str) {
-        self.config_errors.get_or_create(&ReasonLabel { reason }).inc();
+        self.config_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub(super) fn pass(&self, seconds: f64) {
@@ -194,7 +232,9 @@ impl RoutingMetrics {
             self.configs.get_or_create(&StateLabel { state }).set(n);
         }
         for (state, n) in services {
-            self.virtual_services.get_or_create(&StateLabel { state }).set(n);
+            self.virtual_services
+                .get_or_create(&StateLabel { state })
+                .set(n);
         }
         self.routes.set(routes as i64);
         self.placeholders.set(placeholders as i64);

@@ -68,7 +68,10 @@ fn namespace(key: &str, v: &str) -> Result<(), ConfigError> {
     crate::naming::validate_dns1123_label(v)
         .map_err(|e| err("namespace", format!("{key}: {v:?} {e}")))?;
     if SYSTEM_NAMESPACES.contains(&v) {
-        return Err(err("namespace", format!("{key}: {v} is a system namespace")));
+        return Err(err(
+            "namespace",
+            format!("{key}: {v} is a system namespace"),
+        ));
     }
     Ok(())
 }
@@ -107,7 +110,8 @@ fn valid_header(h: &str) -> bool {
 /// True for `baggageKey`: 1–64 characters of `[A-Za-z0-9._-]`, alphanumeric first.
 fn valid_baggage_key(k: &str) -> bool {
     (1..=64).contains(&k.len())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && k.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
@@ -152,18 +156,31 @@ fn selector(v: &Value) -> Result<Selector, ConfigError> {
                             Some("operator") => op = ev.as_str().map(str::to_owned),
                             Some("values") => {
                                 values = Some(strings("values", ev).map_err(|_| {
-                                    bad(format!("matchExpressions[{i}].values is not a list of strings"))
+                                    bad(format!(
+                                        "matchExpressions[{i}].values is not a list of strings"
+                                    ))
                                 })?)
                             }
-                            _ => return Err(bad(format!("matchExpressions[{i}] has an unknown key"))),
+                            _ => {
+                                return Err(bad(format!(
+                                    "matchExpressions[{i}] has an unknown key"
+                                )));
+                            }
                         }
                     }
                     let Some(key) = key.filter(|k| crate::mirror::selector::valid_key(k)) else {
-                        return Err(bad(format!("matchExpressions[{i}].key is missing or not a label key")));
+                        return Err(bad(format!(
+                            "matchExpressions[{i}].key is missing or not a label key"
+                        )));
                     };
                     let values = values.unwrap_or_default();
-                    if let Some(v) = values.iter().find(|v| !crate::mirror::selector::valid_value(v)) {
-                        return Err(bad(format!("matchExpressions[{i}]: {v:?} is not a label value")));
+                    if let Some(v) = values
+                        .iter()
+                        .find(|v| !crate::mirror::selector::valid_value(v))
+                    {
+                        return Err(bad(format!(
+                            "matchExpressions[{i}]: {v:?} is not a label value"
+                        )));
                     }
                     let req = match (op.as_deref(), values.is_empty()) {
                         (Some("In"), false) => Requirement::In(key, values),
@@ -171,10 +188,16 @@ fn selector(v: &Value) -> Result<Selector, ConfigError> {
                         (Some("Exists"), true) => Requirement::Exists(key),
                         (Some("DoesNotExist"), true) => Requirement::DoesNotExist(key),
                         (Some("In" | "NotIn"), true) => {
-                            return Err(bad(format!("matchExpressions[{i}]: {} needs values", op.unwrap_or_default())));
+                            return Err(bad(format!(
+                                "matchExpressions[{i}]: {} needs values",
+                                op.unwrap_or_default()
+                            )));
                         }
                         (Some("Exists" | "DoesNotExist"), false) => {
-                            return Err(bad(format!("matchExpressions[{i}]: {} takes no values", op.unwrap_or_default())));
+                            return Err(bad(format!(
+                                "matchExpressions[{i}]: {} takes no values",
+                                op.unwrap_or_default()
+                            )));
                         }
                         (other, _) => {
                             return Err(bad(format!(
@@ -205,8 +228,8 @@ pub fn parse(config_yaml: Option<&str>) -> Result<Config, ConfigError> {
     let Some(text) = config_yaml else {
         return Err(err("yaml", "config.yaml: the key is missing"));
     };
-    let value: Value =
-        serde_yaml::from_str(text).map_err(|e| err("yaml", format!("config.yaml: not YAML: {e}")))?;
+    let value: Value = serde_yaml::from_str(text)
+        .map_err(|e| err("yaml", format!("config.yaml: not YAML: {e}")))?;
     let Value::Mapping(root) = value else {
         return Err(err("yaml", "config.yaml: not a mapping"));
     };
@@ -353,9 +376,20 @@ mod tests {
     fn selectors_parse_and_match() {
         let c = parse(Some("defaultNamespace: prod\ndeveloperNamespaceSelector:\n  matchLabels: {fleetmirror.io/developer: 'true'}\n  matchExpressions:\n  - {key: team, operator: In, values: [web]}\n  - {key: frozen, operator: DoesNotExist}\n")).unwrap();
         let s = c.selector.unwrap();
-        let labels = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert!(s.matches(&labels(&[("fleetmirror.io/developer", "true"), ("team", "web")])));
-        assert!(!s.matches(&labels(&[("fleetmirror.io/developer", "true"), ("team", "web"), ("frozen", "")])));
+        let labels = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(s.matches(&labels(&[
+            ("fleetmirror.io/developer", "true"),
+            ("team", "web")
+        ])));
+        assert!(!s.matches(&labels(&[
+            ("fleetmirror.io/developer", "true"),
+            ("team", "web"),
+            ("frozen", "")
+        ])));
         assert!(!s.matches(&labels(&[("team", "web")])));
     }
 
@@ -365,29 +399,99 @@ mod tests {
             (None, "yaml", "config.yaml: the key is missing"),
             (Some("a: ["), "yaml", "not YAML"),
             (Some("- a"), "yaml", "not a mapping"),
-            (Some("defaultNamespace: prod\nextra: 1"), "field", "extra: unknown key"),
-            (Some("defaultNamespace: prod\nDefaultNamespace: x"), "field", "given twice"),
-            (Some("defaultNamespace: [a]"), "field", "defaultNamespace: not a string"),
-            (Some("developerNamespaces: a"), "field", "developerNamespaces: not a list"),
-            (Some("enablePlaceholderServices: yes-please"), "field", "enablePlaceholderServices"),
-            (Some("defaultNamespace: Prod"), "namespace", "defaultNamespace"),
-            (Some("defaultNamespace: kube-system"), "namespace", "defaultNamespace: kube-system is a system namespace"),
-            (Some("developerNamespaces: [dev-a, kube-system]"), "namespace", "developerNamespaces[1]: kube-system is a system namespace"),
-            (Some("developerNamespaces: [dev-a, istio-system]"), "namespace", "istio-system is a system namespace"),
-            (Some("developerNamespaces: [a/b]"), "namespace", "developerNamespaces[0]"),
+            (
+                Some("defaultNamespace: prod\nextra: 1"),
+                "field",
+                "extra: unknown key",
+            ),
+            (
+                Some("defaultNamespace: prod\nDefaultNamespace: x"),
+                "field",
+                "given twice",
+            ),
+            (
+                Some("defaultNamespace: [a]"),
+                "field",
+                "defaultNamespace: not a string",
+            ),
+            (
+                Some("developerNamespaces: a"),
+                "field",
+                "developerNamespaces: not a list",
+            ),
+            (
+                Some("enablePlaceholderServices: yes-please"),
+                "field",
+                "enablePlaceholderServices",
+            ),
+            (
+                Some("defaultNamespace: Prod"),
+                "namespace",
+                "defaultNamespace",
+            ),
+            (
+                Some("defaultNamespace: kube-system"),
+                "namespace",
+                "defaultNamespace: kube-system is a system namespace",
+            ),
+            (
+                Some("developerNamespaces: [dev-a, kube-system]"),
+                "namespace",
+                "developerNamespaces[1]: kube-system is a system namespace",
+            ),
+            (
+                Some("developerNamespaces: [dev-a, istio-system]"),
+                "namespace",
+                "istio-system is a system namespace",
+            ),
+            (
+                Some("developerNamespaces: [a/b]"),
+                "namespace",
+                "developerNamespaces[0]",
+            ),
             (Some("header: x_dev"), "header", "header"),
             (Some("header: baggage"), "header", "header"),
             (Some("header: -x"), "header", "header"),
             (Some("baggageKey: 'a b'"), "header", "baggageKey"),
             (Some("baggageKey: .a"), "header", "baggageKey"),
             (Some("developerNamespaceSelector: {}"), "selector", "empty"),
-            (Some("developerNamespaceSelector: {matchLabels: {}}"), "selector", "empty"),
-            (Some("developerNamespaceSelector: {matchExpressions: [{key: a, operator: Like, values: [b]}]}"), "selector", "unknown operator"),
-            (Some("developerNamespaceSelector: {matchExpressions: [{key: a, operator: In}]}"), "selector", "needs values"),
-            (Some("developerNamespaceSelector: {matchLabel: {a: b}}"), "selector", "unknown key"),
-            (Some("developerNamespaceSelector: {matchLabels: {'a b': c}}"), "selector", "not a label"),
-            (Some("virtualServiceTemplate: 3"), "template", "virtualServiceTemplate: not a string"),
-            (Some("virtualServiceTemplate: 'kind: Service'"), "template", "virtualServiceTemplate: apiVersion"),
+            (
+                Some("developerNamespaceSelector: {matchLabels: {}}"),
+                "selector",
+                "empty",
+            ),
+            (
+                Some(
+                    "developerNamespaceSelector: {matchExpressions: [{key: a, operator: Like, values: [b]}]}",
+                ),
+                "selector",
+                "unknown operator",
+            ),
+            (
+                Some("developerNamespaceSelector: {matchExpressions: [{key: a, operator: In}]}"),
+                "selector",
+                "needs values",
+            ),
+            (
+                Some("developerNamespaceSelector: {matchLabel: {a: b}}"),
+                "selector",
+                "unknown key",
+            ),
+            (
+                Some("developerNamespaceSelector: {matchLabels: {'a b': c}}"),
+                "selector",
+                "not a label",
+            ),
+            (
+                Some("virtualServiceTemplate: 3"),
+                "template",
+                "virtualServiceTemplate: not a string",
+            ),
+            (
+                Some("virtualServiceTemplate: 'kind: Service'"),
+                "template",
+                "virtualServiceTemplate: apiVersion",
+            ),
         ];
         for (text, reason, needle) in cases {
             let e = parse(*text).unwrap_err();

@@ -143,7 +143,11 @@ pub fn golden(
     let upper_header = header.to_ascii_uppercase();
     let mut cases = vec![
         ("header absent", Request::new(), host(prod)),
-        ("exact namespace", Request::new().header(header, copy), host(copy)),
+        (
+            "exact namespace",
+            Request::new().header(header, copy),
+            host(copy),
+        ),
         (
             "value in another case",
             Request::new().header(header, &copy.to_ascii_uppercase()),
@@ -154,11 +158,19 @@ pub fn golden(
             Request::new().header(&upper_header, copy),
             host(copy),
         ),
-        ("namespace without a copy", Request::new().header(header, absent), host(prod)),
+        (
+            "namespace without a copy",
+            Request::new().header(header, absent),
+            host(prod),
+        ),
     ];
     if let Some(k) = baggage_key {
         cases.extend([
-            ("baggage member alone", Request::new().header("baggage", &format!("{k}={copy}")), host(copy)),
+            (
+                "baggage member alone",
+                Request::new().header("baggage", &format!("{k}={copy}")),
+                host(copy),
+            ),
             (
                 "baggage among others",
                 Request::new().header("baggage", &format!("a=1,{k}={copy},b=2")),
@@ -212,11 +224,29 @@ mod tests {
             {"match": [{"withoutHeaders": {"x-d": {"exact": "1"}}}], "route": [{"destination": {"host": "no-d"}}]},
         ]}});
         let d = |r: Request| destination(&vs, &r).unwrap();
-        assert_eq!(d(Request::new().header("X-A", "1").header("x-b", "pq")).as_deref(), Some("ab"));
-        assert_eq!(d(Request::new().header("x-a", "1").path("/api/x")).as_deref(), Some("api-or-c"));
-        assert_eq!(d(Request::new().header("x-c", "ccc")).as_deref(), Some("api-or-c"));
-        assert_eq!(d(Request::new().header("x-c", "ccx")).as_deref(), Some("no-d"));
+        assert_eq!(
+            d(Request::new().header("X-A", "1").header("x-b", "pq")).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            d(Request::new().header("x-a", "1").path("/api/x")).as_deref(),
+            Some("api-or-c")
+        );
+        assert_eq!(
+            d(Request::new().header("x-c", "ccc")).as_deref(),
+            Some("api-or-c")
+        );
+        assert_eq!(
+            d(Request::new().header("x-c", "ccx")).as_deref(),
+            Some("no-d")
+        );
         assert_eq!(d(Request::new().header("x-d", "1")), None);
-        assert!(destination(&json!({"spec": {"http": [{"match": [{"port": 80}]}]}}), &Request::new()).is_err());
+        assert!(
+            destination(
+                &json!({"spec": {"http": [{"match": [{"port": 80}]}]}}),
+                &Request::new()
+            )
+            .is_err()
+        );
     }
 }

@@ -33,14 +33,20 @@ mod tests {
             ("my-app.prod", "my-app.prod.svc.cluster.local"),
             ("my-app.other", "my-app.other.svc.cluster.local"),
             ("my-app.prod.svc", "my-app.prod.svc.cluster.local"),
-            ("my-app.prod.svc.cluster.local", "my-app.prod.svc.cluster.local"),
+            (
+                "my-app.prod.svc.cluster.local",
+                "my-app.prod.svc.cluster.local",
+            ),
             ("api.example.com", "api.example.com"),
             ("*.example.com", "*.example.com"),
             ("*", "*.prod.svc.cluster.local"),
         ] {
             assert_eq!(complete(host, "prod", d), want, "{host}");
         }
-        assert_eq!(complete("a", "ns", "corp.internal"), "a.ns.svc.corp.internal");
+        assert_eq!(
+            complete("a", "ns", "corp.internal"),
+            "a.ns.svc.corp.internal"
+        );
     }
 
     #[test]

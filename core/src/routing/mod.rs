@@ -36,7 +36,12 @@ pub const OPERATOR_PLACEHOLDER_LABEL: &str = "placeholder-service";
 pub const OPERATOR_MANAGED_BY: (&str, &str) = ("managed-by", "virtualservice-operator");
 
 /// Namespaces that are never a default or developer namespace.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", "istio-system"];
+pub const SYSTEM_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "istio-system",
+];
 
 /// Label and annotation keys of Services that planning reads (the aggregator's Service store
 /// keeps only these).

@@ -100,10 +100,20 @@ impl ServiceIn {
     /// A placeholder (ours or the operator's): never a prod Service, never gets a route.
     pub fn is_placeholder(&self) -> bool {
         self.type_ == "ExternalName"
-            && (self.annotations.get(PLACEHOLDER_ANNOTATION).map(String::as_str) == Some("true")
-                || self.annotations.get(OPERATOR_PLACEHOLDER_ANNOTATION).map(String::as_str)
+            && (self
+                .annotations
+                .get(PLACEHOLDER_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
+                || self
+                    .annotations
+                    .get(OPERATOR_PLACEHOLDER_ANNOTATION)
+                    .map(String::as_str)
                     == Some("true")
-                || self.labels.get(OPERATOR_PLACEHOLDER_LABEL).map(String::as_str)
+                || self
+                    .labels
+                    .get(OPERATOR_PLACEHOLDER_LABEL)
+                    .map(String::as_str)
                     == Some("true"))
     }
 
@@ -111,7 +121,11 @@ impl ServiceIn {
     pub fn is_our_placeholder(&self) -> bool {
         self.type_ == "ExternalName"
             && self.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
-            && self.annotations.get(PLACEHOLDER_ANNOTATION).map(String::as_str) == Some("true")
+            && self
+                .annotations
+                .get(PLACEHOLDER_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
     }
 }
 
@@ -146,7 +160,11 @@ impl VirtualServiceIn {
         self.spec
             .get(key)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -430,7 +448,9 @@ fn developer_routes(config: &Config, routes: &[Route]) -> Vec<Value> {
         out.extend(routes.iter().map(|r| {
             route(
                 format!("dev-{}-baggage", r.namespace),
-                Some(json!([{"headers": {"baggage": {"regex": baggage_regex(key, &r.namespace)}}}])),
+                Some(
+                    json!([{"headers": {"baggage": {"regex": baggage_regex(key, &r.namespace)}}}]),
+                ),
                 &r.destination,
             )
         }));
@@ -551,7 +571,11 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             namespace: c.namespace.clone(),
             name: c.name.clone(),
             default_namespace: String::new(),
-            state: if c.invalid.is_some() { ConfigState::Invalid } else { ConfigState::Valid },
+            state: if c.invalid.is_some() {
+                ConfigState::Invalid
+            } else {
+                ConfigState::Valid
+            },
             message: c.invalid.clone().unwrap_or_default(),
             developer_namespaces: vec![],
             header: String::new(),
@@ -582,7 +606,11 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                     }
                     out.conditions.push(Condition {
                         object: config_ref(c),
-                        event: Event { warning: true, reason: "DomainConflict", note },
+                        event: Event {
+                            warning: true,
+                            reason: "DomainConflict",
+                            note,
+                        },
                     });
                 }
             }
@@ -645,7 +673,9 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             // Placeholders.
             if cfg.placeholders {
                 for (d, _) in &developers {
-                    let Some(ns) = input.namespaces.get(d) else { continue };
+                    let Some(ns) = input.namespaces.get(d) else {
+                        continue;
+                    };
                     let key = (d.clone(), name.clone());
                     let external = format!("{name}.{dns}.svc.{domain}");
                     match input.services.get(&key) {
@@ -665,7 +695,9 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                                 resource_version: None,
                             });
                         }
-                        Some(s) if s.is_placeholder() && wanted_placeholders.insert(key.clone()) => {
+                        Some(s)
+                            if s.is_placeholder() && wanted_placeholders.insert(key.clone()) =>
+                        {
                             view.placeholders.push(d.clone());
                             let current = s.is_our_placeholder()
                                 && s.external_name == external
@@ -692,26 +724,40 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                     }
                 }
             }
-            let (vs_name, body) =
-                match desired_virtual_service(cfg, &reference, name, &svc.uid, &view.routes, domain) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        view.state = RouteState::Error;
-                        view.message = format!("the template does not render: {e}");
-                        // Keep what exists: an error is no reason to delete.
-                        for ((_, vname), vs) in input.virtual_services.range((dns.clone(), String::new())..).take_while(|((n, _), _)| n == dns) {
-                            if vs.ours() && vs.labels.get(SERVICE_LABEL) == Some(name) {
-                                wanted_vs.insert((dns.clone(), vname.clone()));
-                            }
+            let (vs_name, body) = match desired_virtual_service(
+                cfg,
+                &reference,
+                name,
+                &svc.uid,
+                &view.routes,
+                domain,
+            ) {
+                Ok(x) => x,
+                Err(e) => {
+                    view.state = RouteState::Error;
+                    view.message = format!("the template does not render: {e}");
+                    // Keep what exists: an error is no reason to delete.
+                    for ((_, vname), vs) in input
+                        .virtual_services
+                        .range((dns.clone(), String::new())..)
+                        .take_while(|((n, _), _)| n == dns)
+                    {
+                        if vs.ours() && vs.labels.get(SERVICE_LABEL) == Some(name) {
+                            wanted_vs.insert((dns.clone(), vname.clone()));
                         }
-                        out.services.push(view);
-                        continue;
                     }
-                };
+                    out.services.push(view);
+                    continue;
+                }
+            };
             let spec = &body["spec"];
             let gateways: Vec<String> = spec["gateways"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let hosts: BTreeSet<String> = spec["hosts"]
                 .as_array()
@@ -721,7 +767,8 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                 .map(|h| host::complete(h, dns, domain))
                 .collect();
             let at_name = input.virtual_services.get(&(dns.clone(), vs_name.clone()));
-            let adoptable = |k: &str, vs: &VirtualServiceIn| vs.ours() || (k == vs_name && vs.operators());
+            let adoptable =
+                |k: &str, vs: &VirtualServiceIn| vs.ours() || (k == vs_name && vs.operators());
             // Host conflicts: a foreign mesh VirtualService in the default namespace sharing a host.
             let mut host_conflicts = Vec::new();
             if host::mesh_bound(&gateways) {
@@ -758,7 +805,11 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                 );
                 out.conditions.push(Condition {
                     object: svc_ref,
-                    event: Event { warning: true, reason: "HostConflict", note: view.message.clone() },
+                    event: Event {
+                        warning: true,
+                        reason: "HostConflict",
+                        note: view.message.clone(),
+                    },
                 });
                 out.services.push(view);
                 continue;
@@ -771,7 +822,11 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                 );
                 out.conditions.push(Condition {
                     object: svc_ref,
-                    event: Event { warning: true, reason: "NameConflict", note: view.message.clone() },
+                    event: Event {
+                        warning: true,
+                        reason: "NameConflict",
+                        note: view.message.clone(),
+                    },
                 });
                 out.services.push(view);
                 continue;
@@ -812,7 +867,10 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             !name.is_empty() && settings.in_scope(ns) && !frozen.contains(&format!("{ns}/{name}"))
         };
         for ((ns, name), vs) in input.virtual_services {
-            if vs.ours() && !wanted_vs.contains(&(ns.clone(), name.clone())) && collectable(&vs.annotations) {
+            if vs.ours()
+                && !wanted_vs.contains(&(ns.clone(), name.clone()))
+                && collectable(&vs.annotations)
+            {
                 out.deletes.push(Delete {
                     kind: DeleteKind::VirtualService,
                     namespace: ns.clone(),
@@ -838,7 +896,9 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
         }
     }
     out.configs = views.into_values().collect();
-    out.services.sort_by(|a, b| (&a.default_namespace, &a.service).cmp(&(&b.default_namespace, &b.service)));
+    out.services.sort_by(|a, b| {
+        (&a.default_namespace, &a.service).cmp(&(&b.default_namespace, &b.service))
+    });
     out
 }
 
@@ -877,12 +937,14 @@ mod tests {
             });
         }
         fn svc(&mut self, ns: &str, name: &str) -> &mut ServiceIn {
-            self.services.entry((ns.into(), name.into())).or_insert_with(|| ServiceIn {
-                uid: format!("uid-{ns}-{name}"),
-                resource_version: "7".into(),
-                type_: "ClusterIP".into(),
-                ..Default::default()
-            })
+            self.services
+                .entry((ns.into(), name.into()))
+                .or_insert_with(|| ServiceIn {
+                    uid: format!("uid-{ns}-{name}"),
+                    resource_version: "7".into(),
+                    type_: "ClusterIP".into(),
+                    ..Default::default()
+                })
         }
         fn plan(&self) -> Plan {
             self.plan_gc(true)
@@ -896,7 +958,10 @@ mod tests {
                     virtual_services: &self.vs,
                     gc,
                 },
-                &Settings { domain: DOMAIN.into(), config_namespaces: None },
+                &Settings {
+                    domain: DOMAIN.into(),
+                    config_namespaces: None,
+                },
             )
         }
         /// Writes every apply as the server would store it.
@@ -905,21 +970,40 @@ mod tests {
             for a in &p.applies {
                 let m = &a.body["metadata"];
                 let strings = |v: &Value| -> BTreeMap<String, String> {
-                    v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().into())).collect()
+                    v.as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
+                        .collect()
                 };
-                self.vs.insert((a.namespace.clone(), a.name.clone()), VirtualServiceIn {
-                    uid: format!("vs-{}", a.name),
-                    labels: strings(&m["labels"]),
-                    annotations: strings(&m["annotations"]),
-                    owner_references: m["ownerReferences"].as_array().unwrap().clone(),
-                    spec: a.body["spec"].as_object().unwrap().clone(),
-                    managed_spec_keys: Some(a.body["spec"].as_object().unwrap().keys().cloned().collect()),
-                });
+                self.vs.insert(
+                    (a.namespace.clone(), a.name.clone()),
+                    VirtualServiceIn {
+                        uid: format!("vs-{}", a.name),
+                        labels: strings(&m["labels"]),
+                        annotations: strings(&m["annotations"]),
+                        owner_references: m["ownerReferences"].as_array().unwrap().clone(),
+                        spec: a.body["spec"].as_object().unwrap().clone(),
+                        managed_spec_keys: Some(
+                            a.body["spec"]
+                                .as_object()
+                                .unwrap()
+                                .keys()
+                                .cloned()
+                                .collect(),
+                        ),
+                    },
+                );
             }
             for d in &p.deletes {
                 match d.kind {
-                    DeleteKind::VirtualService => self.vs.remove(&(d.namespace.clone(), d.name.clone())),
-                    DeleteKind::Placeholder => self.services.remove(&(d.namespace.clone(), d.name.clone())).map(|_| VirtualServiceIn::default()),
+                    DeleteKind::VirtualService => {
+                        self.vs.remove(&(d.namespace.clone(), d.name.clone()))
+                    }
+                    DeleteKind::Placeholder => self
+                        .services
+                        .remove(&(d.namespace.clone(), d.name.clone()))
+                        .map(|_| VirtualServiceIn::default()),
                 };
             }
             p
@@ -930,7 +1014,8 @@ mod tests {
         }
     }
 
-    const CONFIG: &str = "defaultNamespace: prod\ndeveloperNamespaces: [dev-alice, dev-bob, staging]\n";
+    const CONFIG: &str =
+        "defaultNamespace: prod\ndeveloperNamespaces: [dev-alice, dev-bob, staging]\n";
 
     #[test]
     fn the_exact_default_shape() {
@@ -942,22 +1027,26 @@ mod tests {
         assert_eq!(p.applies.len(), 1);
         let a = &p.applies[0];
         assert!(!a.force, "a new object is applied without force");
-        let bag = |ns: &str| format!("^(.*,)?[ \\t]*dev-namespace[ \\t]*=[ \\t]*{ns}[ \\t]*([;,].*)?$");
-        assert_eq!(a.body, json!({
-            "metadata": {
-                "name": "my-app-virtual-service", "namespace": "prod",
-                "labels": {"fleetmirror.io/managed-by": "fleetmirror", "fleetmirror.io/service": "my-app"},
-                "annotations": {"fleetmirror.io/routing-config": "ops/routing"},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "my-app", "uid": "uid-prod-my-app", "controller": true}],
-            },
-            "spec": {"hosts": ["my-app"], "http": [
-                {"name": "dev-dev-alice", "match": [{"headers": {"x-developer": {"exact": "dev-alice"}}}], "route": [{"destination": {"host": "my-app.dev-alice.svc.cluster.local"}}]},
-                {"name": "dev-staging", "match": [{"headers": {"x-developer": {"exact": "staging"}}}], "route": [{"destination": {"host": "my-app.staging.svc.cluster.local"}}]},
-                {"name": "dev-dev-alice-baggage", "match": [{"headers": {"baggage": {"regex": bag("dev-alice")}}}], "route": [{"destination": {"host": "my-app.dev-alice.svc.cluster.local"}}]},
-                {"name": "dev-staging-baggage", "match": [{"headers": {"baggage": {"regex": bag("staging")}}}], "route": [{"destination": {"host": "my-app.staging.svc.cluster.local"}}]},
-                {"name": "default", "route": [{"destination": {"host": "my-app.prod.svc.cluster.local"}}]},
-            ]},
-        }));
+        let bag =
+            |ns: &str| format!("^(.*,)?[ \\t]*dev-namespace[ \\t]*=[ \\t]*{ns}[ \\t]*([;,].*)?$");
+        assert_eq!(
+            a.body,
+            json!({
+                "metadata": {
+                    "name": "my-app-virtual-service", "namespace": "prod",
+                    "labels": {"fleetmirror.io/managed-by": "fleetmirror", "fleetmirror.io/service": "my-app"},
+                    "annotations": {"fleetmirror.io/routing-config": "ops/routing"},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "my-app", "uid": "uid-prod-my-app", "controller": true}],
+                },
+                "spec": {"hosts": ["my-app"], "http": [
+                    {"name": "dev-dev-alice", "match": [{"headers": {"x-developer": {"exact": "dev-alice"}}}], "route": [{"destination": {"host": "my-app.dev-alice.svc.cluster.local"}}]},
+                    {"name": "dev-staging", "match": [{"headers": {"x-developer": {"exact": "staging"}}}], "route": [{"destination": {"host": "my-app.staging.svc.cluster.local"}}]},
+                    {"name": "dev-dev-alice-baggage", "match": [{"headers": {"baggage": {"regex": bag("dev-alice")}}}], "route": [{"destination": {"host": "my-app.dev-alice.svc.cluster.local"}}]},
+                    {"name": "dev-staging-baggage", "match": [{"headers": {"baggage": {"regex": bag("staging")}}}], "route": [{"destination": {"host": "my-app.staging.svc.cluster.local"}}]},
+                    {"name": "default", "route": [{"destination": {"host": "my-app.prod.svc.cluster.local"}}]},
+                ]},
+            })
+        );
     }
 
     #[test]
@@ -967,7 +1056,10 @@ mod tests {
         w.svc("prod", "my-app");
         let p = w.settle();
         assert_eq!(w.routes(&p, "my-app"), Vec::<String>::new());
-        assert_eq!(p.applies[0].body["spec"]["http"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            p.applies[0].body["spec"]["http"].as_array().unwrap().len(),
+            1
+        );
         // + dev-alice, then staging; none in dev-bob: config order.
         w.svc("staging", "my-app");
         w.settle();
@@ -993,29 +1085,56 @@ mod tests {
         for s in ["kubernetes", "kube-dns", "batch"] {
             w.svc("prod", s);
         }
-        w.svc("prod", "own").annotations.insert(ROUTING_KEY.into(), "false".into());
-        w.configs[0].effective = Some(Arc::new(parse(Some(&format!("{CONFIG}excludedServices: [batch]"))).unwrap()));
+        w.svc("prod", "own")
+            .annotations
+            .insert(ROUTING_KEY.into(), "false".into());
+        w.configs[0].effective = Some(Arc::new(
+            parse(Some(&format!("{CONFIG}excludedServices: [batch]"))).unwrap(),
+        ));
         let p = w.plan();
         assert!(p.applies.is_empty());
-        assert_eq!(p.services.iter().filter(|s| s.state == RouteState::Excluded).count(), 4);
+        assert_eq!(
+            p.services
+                .iter()
+                .filter(|s| s.state == RouteState::Excluded)
+                .count(),
+            4
+        );
         // config edited: staging removed → [] at once.
-        w.configs[0].effective = Some(Arc::new(parse(Some("defaultNamespace: prod\ndeveloperNamespaces: [dev-alice, dev-bob]")).unwrap()));
+        w.configs[0].effective = Some(Arc::new(
+            parse(Some(
+                "defaultNamespace: prod\ndeveloperNamespaces: [dev-alice, dev-bob]",
+            ))
+            .unwrap(),
+        ));
         let p = w.settle();
         assert_eq!(w.routes(&p, "my-app"), Vec::<String>::new());
         // prod's my-app deleted: its VirtualService goes.
         w.services.remove(&("prod".into(), "my-app".into()));
         let p = w.settle();
-        assert_eq!(p.deletes, vec![Delete {
-            kind: DeleteKind::VirtualService, namespace: "prod".into(), name: "my-app-virtual-service".into(),
-            uid: "vs-my-app-virtual-service".into(), resource_version: None,
-        }]);
+        assert_eq!(
+            p.deletes,
+            vec![Delete {
+                kind: DeleteKind::VirtualService,
+                namespace: "prod".into(),
+                name: "my-app-virtual-service".into(),
+                uid: "vs-my-app-virtual-service".into(),
+                resource_version: None,
+            }]
+        );
     }
 
     #[test]
     fn selected_namespaces_follow_the_listed_ones_sorted() {
-        let mut w = World::new(&format!("{CONFIG}developerNamespaceSelector: {{matchLabels: {{dev: 'true'}}}}"));
+        let mut w = World::new(&format!(
+            "{CONFIG}developerNamespaceSelector: {{matchLabels: {{dev: 'true'}}}}"
+        ));
         for ns in ["zz-carol", "aa-dan", "kube-system", "prod"] {
-            w.namespaces.entry(ns.into()).or_default().labels.insert("dev".into(), "true".into());
+            w.namespaces
+                .entry(ns.into())
+                .or_default()
+                .labels
+                .insert("dev".into(), "true".into());
             w.svc(ns, "my-app");
         }
         w.svc("staging", "my-app");
@@ -1024,7 +1143,10 @@ mod tests {
         let v = &p.services[0];
         assert_eq!(v.routes[1].source, "selector");
         assert_eq!(v.routes[0].source, "config");
-        assert_eq!(p.configs[0].developer_namespaces, ["dev-alice", "dev-bob", "staging", "aa-dan", "zz-carol"]);
+        assert_eq!(
+            p.configs[0].developer_namespaces,
+            ["dev-alice", "dev-bob", "staging", "aa-dan", "zz-carol"]
+        );
         // The label removed: the route goes.
         w.namespaces.get_mut("aa-dan").unwrap().labels.clear();
         assert_eq!(w.routes(&w.plan(), "my-app"), ["staging", "zz-carol"]);
@@ -1033,14 +1155,22 @@ mod tests {
     fn foreign(hosts: &[&str], gateways: &[&str]) -> VirtualServiceIn {
         VirtualServiceIn {
             uid: "foreign".into(),
-            spec: json!({"hosts": hosts, "gateways": gateways}).as_object().unwrap().clone(),
+            spec: json!({"hosts": hosts, "gateways": gateways})
+                .as_object()
+                .unwrap()
+                .clone(),
             ..Default::default()
         }
     }
 
     #[test]
     fn foreign_virtual_services_are_never_touched() {
-        for host in ["my-app", "my-app.prod", "my-app.prod.svc.cluster.local", "MY-APP.prod.svc"] {
+        for host in [
+            "my-app",
+            "my-app.prod",
+            "my-app.prod.svc.cluster.local",
+            "MY-APP.prod.svc",
+        ] {
             let mut w = World::new(CONFIG);
             w.svc("prod", "my-app");
             w.settle();
@@ -1059,12 +1189,21 @@ mod tests {
         // Gateway-only, another namespace's host, a delegate: no conflict.
         let mut w = World::new(CONFIG);
         w.svc("prod", "my-app");
-        w.vs.insert(("prod".into(), "gw".into()), foreign(&["my-app"], &["prod/public"]));
-        w.vs.insert(("prod".into(), "other".into()), foreign(&["my-app.other"], &[]));
+        w.vs.insert(
+            ("prod".into(), "gw".into()),
+            foreign(&["my-app"], &["prod/public"]),
+        );
+        w.vs.insert(
+            ("prod".into(), "other".into()),
+            foreign(&["my-app.other"], &[]),
+        );
         w.vs.insert(("prod".into(), "delegate".into()), foreign(&[], &[]));
         assert_eq!(w.plan().services[0].state, RouteState::Pending);
         // Same name, no shared host: NameConflict, and it is never deleted.
-        w.vs.insert(("prod".into(), "my-app-virtual-service".into()), foreign(&["x.example.com"], &[]));
+        w.vs.insert(
+            ("prod".into(), "my-app-virtual-service".into()),
+            foreign(&["x.example.com"], &[]),
+        );
         let p = w.plan();
         assert_eq!(p.services[0].state, RouteState::NameConflict);
         assert_eq!(p.conditions[0].event.reason, "NameConflict");
@@ -1076,7 +1215,9 @@ mod tests {
         let mut w = World::new(CONFIG);
         w.svc("prod", "my-app");
         let mut theirs = foreign(&["my-app"], &[]);
-        theirs.labels.insert("managed-by".into(), "virtualservice-operator".into());
+        theirs
+            .labels
+            .insert("managed-by".into(), "virtualservice-operator".into());
         w.vs.insert(("prod".into(), "my-app-virtual-service".into()), theirs);
         let p = w.plan();
         assert_eq!(p.applies.len(), 1);
@@ -1100,20 +1241,45 @@ mod tests {
         // Config gone: ours go, foreign ones and other configs' stay.
         w.configs.clear();
         let mut other = w.vs[&("prod".to_string(), "my-app-virtual-service".to_string())].clone();
-        other.annotations.insert(CONFIG_ANNOTATION.into(), "team/other".into());
+        other
+            .annotations
+            .insert(CONFIG_ANNOTATION.into(), "team/other".into());
         w.vs.insert(("prod".into(), "b".into()), other.clone());
         other.annotations.clear();
         w.vs.insert(("prod".into(), "unreadable".into()), other);
         w.vs.insert(("prod".into(), "theirs".into()), foreign(&["x"], &[]));
-        let s = Settings { domain: DOMAIN.into(), config_namespaces: Some(["ops".to_string()].into()) };
-        let p = plan(Input { configs: &[], namespaces: &w.namespaces, services: &w.services, virtual_services: &w.vs, gc: true }, &s);
-        assert_eq!(p.deletes.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["my-app-virtual-service"]);
+        let s = Settings {
+            domain: DOMAIN.into(),
+            config_namespaces: Some(["ops".to_string()].into()),
+        };
+        let p = plan(
+            Input {
+                configs: &[],
+                namespaces: &w.namespaces,
+                services: &w.services,
+                virtual_services: &w.vs,
+                gc: true,
+            },
+            &s,
+        );
+        assert_eq!(
+            p.deletes
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>(),
+            ["my-app-virtual-service"]
+        );
     }
 
     #[test]
     fn two_configs_for_one_namespace_the_older_wins() {
         let mut w = World::new(CONFIG);
-        w.config("team", "late", "2026-02-01T00:00:00Z", "defaultNamespace: prod\ndeveloperNamespaces: [staging]");
+        w.config(
+            "team",
+            "late",
+            "2026-02-01T00:00:00Z",
+            "defaultNamespace: prod\ndeveloperNamespaces: [staging]",
+        );
         w.svc("prod", "my-app");
         w.svc("dev-alice", "my-app");
         let p = w.plan();
@@ -1136,22 +1302,35 @@ mod tests {
         w.svc("dev-alice", "my-app");
         let p = w.plan();
         // dev-bob and staging get one; dev-alice's real Service is untouched.
-        let made: Vec<_> = p.placeholders.iter().map(|p| p.namespace.as_str()).collect();
+        let made: Vec<_> = p
+            .placeholders
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .collect();
         assert_eq!(made, ["dev-bob", "staging"]);
-        assert_eq!(p.placeholders[0].body["spec"], json!({"type": "ExternalName", "externalName": "my-app.prod.svc.cluster.local"}));
+        assert_eq!(
+            p.placeholders[0].body["spec"],
+            json!({"type": "ExternalName", "externalName": "my-app.prod.svc.cluster.local"})
+        );
         assert!(p.placeholders[0].resource_version.is_none());
         for ns in ["dev-bob", "staging"] {
             let s = w.svc(ns, "my-app");
             s.type_ = "ExternalName".into();
             s.external_name = "my-app.prod.svc.cluster.local".into();
             s.labels.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
-            s.annotations.insert(PLACEHOLDER_ANNOTATION.into(), "true".into());
-            s.annotations.insert(CONFIG_ANNOTATION.into(), "ops/routing".into());
+            s.annotations
+                .insert(PLACEHOLDER_ANNOTATION.into(), "true".into());
+            s.annotations
+                .insert(CONFIG_ANNOTATION.into(), "ops/routing".into());
         }
         let p = w.plan();
         assert!(p.placeholders.is_empty());
         assert_eq!(p.placeholders_in_place, 2);
-        assert_eq!(w.routes(&p, "my-app"), ["dev-alice"], "placeholders get no route");
+        assert_eq!(
+            w.routes(&p, "my-app"),
+            ["dev-alice"],
+            "placeholders get no route"
+        );
         // A converted placeholder is real: a route, and never modified or deleted.
         w.svc("staging", "my-app").type_ = "ClusterIP".into();
         let p = w.plan();
@@ -1161,7 +1340,13 @@ mod tests {
         w.configs[0].effective = Some(Arc::new(parse(Some(CONFIG)).unwrap()));
         let p = w.plan();
         assert_eq!(p.deletes.len(), 1);
-        assert_eq!((p.deletes[0].namespace.as_str(), p.deletes[0].resource_version.as_deref()), ("dev-bob", Some("7")));
+        assert_eq!(
+            (
+                p.deletes[0].namespace.as_str(),
+                p.deletes[0].resource_version.as_deref()
+            ),
+            ("dev-bob", Some("7"))
+        );
     }
 
     #[test]
@@ -1171,7 +1356,8 @@ mod tests {
         let s = w.svc("dev-bob", "my-app");
         s.type_ = "ExternalName".into();
         s.external_name = "my-app.prod.svc.cluster.local".into();
-        s.annotations.insert(OPERATOR_PLACEHOLDER_ANNOTATION.into(), "true".into());
+        s.annotations
+            .insert(OPERATOR_PLACEHOLDER_ANNOTATION.into(), "true".into());
         // An ExternalName into "default" without a marker is a real Service (no guessing).
         let s = w.svc("staging", "my-app");
         s.type_ = "ExternalName".into();
@@ -1181,12 +1367,27 @@ mod tests {
         w.namespaces.insert("prod2".into(), NamespaceIn::default());
         w.svc("prod2", "my-app");
         let p = w.plan();
-        let bob = p.placeholders.iter().find(|p| p.namespace == "dev-bob").unwrap();
+        let bob = p
+            .placeholders
+            .iter()
+            .find(|p| p.namespace == "dev-bob")
+            .unwrap();
         assert_eq!(bob.resource_version.as_deref(), Some("7"));
-        let alice: Vec<_> = p.placeholders.iter().filter(|p| p.namespace == "dev-alice").collect();
+        let alice: Vec<_> = p
+            .placeholders
+            .iter()
+            .filter(|p| p.namespace == "dev-alice")
+            .collect();
         assert_eq!(alice.len(), 1);
-        assert_eq!(alice[0].body["spec"]["externalName"], "my-app.prod.svc.cluster.local");
-        assert_eq!(w.routes(&p, "my-app"), ["staging"], "an unmarked ExternalName is a real copy");
+        assert_eq!(
+            alice[0].body["spec"]["externalName"],
+            "my-app.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            w.routes(&p, "my-app"),
+            ["staging"],
+            "an unmarked ExternalName is a real copy"
+        );
     }
 
     #[test]
@@ -1199,25 +1400,61 @@ mod tests {
         let b = &p.applies[0].body;
         assert_eq!(b["metadata"]["name"], "my-app");
         assert_eq!(b["metadata"]["labels"]["team"], "web");
-        assert_eq!(b["metadata"]["labels"]["fleetmirror.io/service"], "my-app", "ours win a clash");
+        assert_eq!(
+            b["metadata"]["labels"]["fleetmirror.io/service"], "my-app",
+            "ours win a clash"
+        );
         assert_eq!(b["spec"]["gateways"], json!(["mesh", "prod/public"]));
-        let names: Vec<_> = b["spec"]["http"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["dev-dev-alice", "primary"], "no default route: the template's are the fallback");
+        let names: Vec<_> = b["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["dev-dev-alice", "primary"],
+            "no default route: the template's are the fallback"
+        );
     }
 
     #[cfg(feature = "evaluator")]
     #[test]
     fn golden_requests_through_a_generated_virtual_service() {
         use crate::routing::evaluate::{destination, golden};
-        for (header, baggage) in [("x-developer", Some("dev-namespace")), ("x-dev", Some("ot.dev.ns")), ("x-developer", None)] {
-            let text = format!("{CONFIG}header: {header}\n{}", baggage.map(|b| format!("baggageKey: {b}\n")).unwrap_or_default());
+        for (header, baggage) in [
+            ("x-developer", Some("dev-namespace")),
+            ("x-dev", Some("ot.dev.ns")),
+            ("x-developer", None),
+        ] {
+            let text = format!(
+                "{CONFIG}header: {header}\n{}",
+                baggage
+                    .map(|b| format!("baggageKey: {b}\n"))
+                    .unwrap_or_default()
+            );
             let mut w = World::new(&text);
             w.svc("prod", "my-app");
             w.svc("staging", "my-app");
             w.svc("dev-alice", "my-app");
             let p = w.plan();
-            for (what, request, want) in golden("my-app", "prod", "staging", "dev-alice", "dev-bob", header, baggage, DOMAIN) {
-                assert_eq!(destination(&p.applies[0].body, &request).unwrap().as_deref(), Some(want.as_str()), "{what} ({header}, {baggage:?})");
+            for (what, request, want) in golden(
+                "my-app",
+                "prod",
+                "staging",
+                "dev-alice",
+                "dev-bob",
+                header,
+                baggage,
+                DOMAIN,
+            ) {
+                assert_eq!(
+                    destination(&p.applies[0].body, &request)
+                        .unwrap()
+                        .as_deref(),
+                    Some(want.as_str()),
+                    "{what} ({header}, {baggage:?})"
+                );
             }
         }
     }

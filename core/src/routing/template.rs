@@ -94,7 +94,10 @@ fn render(text: &str, service: &str, namespace: &str) -> Result<(Rendered, Vec<S
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err("metadata is not a mapping".into()),
     };
-    if let Some(k) = metadata.keys().find(|k| !METADATA_KEYS.contains(&k.as_str())) {
+    if let Some(k) = metadata
+        .keys()
+        .find(|k| !METADATA_KEYS.contains(&k.as_str()))
+    {
         return Err(format!(
             "metadata.{k} is not allowed (only name, namespace, labels, annotations)"
         ));
@@ -121,7 +124,11 @@ fn render(text: &str, service: &str, namespace: &str) -> Result<(Rendered, Vec<S
     let hosts: Vec<String> = match spec.get("hosts") {
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
-            .map(|h| h.as_str().map(str::to_owned).ok_or("spec.hosts holds a non-string"))
+            .map(|h| {
+                h.as_str()
+                    .map(str::to_owned)
+                    .ok_or("spec.hosts holds a non-string")
+            })
             .collect::<Result<_, _>>()?,
         _ => return Err("spec.hosts is missing or empty".into()),
     };
@@ -213,26 +220,65 @@ spec:
             r.spec["http"][0]["route"][0]["destination"]["host"],
             "my-app.prod.svc.cluster.local"
         );
-        assert_eq!(r.spec["gateways"], serde_json::json!(["mesh", "prod/public"]));
+        assert_eq!(
+            r.spec["gateways"],
+            serde_json::json!(["mesh", "prod/public"])
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_safe_virtual_service() {
         let cases = [
-            (GOOD.replace("${defaultNamespace}\n", "${namespace}\n"), "unknown variable"),
+            (
+                GOOD.replace("${defaultNamespace}\n", "${namespace}\n"),
+                "unknown variable",
+            ),
             (format!("{GOOD}\n# ${{serviceName"), "unclosed"),
             ("[a, b]".to_owned(), "not a mapping"),
             ("a: [".to_owned(), "not YAML"),
-            (GOOD.replace("networking.istio.io/v1beta1", "v1"), "apiVersion"),
-            (GOOD.replace("kind: VirtualService", "kind: Gateway"), "kind"),
-            (GOOD.replace("  labels: {team: web}", "  finalizers: [x]"), "metadata.finalizers"),
-            (GOOD.replace("namespace: ${defaultNamespace}", "namespace: other"), "default namespace"),
-            (GOOD.replace("${serviceName}-routes", "shared"), "metadata.name"),
-            (GOOD.replace("\"${serviceName}.example.com\"", "api.example.com"), "api.example.com"),
-            (GOOD.replace("hosts: [\"${serviceName}\", \"${serviceName}.example.com\"]", "hosts: []"), "spec.hosts"),
-            (GOOD.replace("\"${serviceName}.example.com\"", "\"*\""), "\"*\""),
-            (GOOD.split("  http:").next().unwrap().to_owned(), "spec.http"),
-            (GOOD.replace("metadata:\n  name: ${serviceName}-routes\n", "metadata:\n"), "metadata.name is missing"),
+            (
+                GOOD.replace("networking.istio.io/v1beta1", "v1"),
+                "apiVersion",
+            ),
+            (
+                GOOD.replace("kind: VirtualService", "kind: Gateway"),
+                "kind",
+            ),
+            (
+                GOOD.replace("  labels: {team: web}", "  finalizers: [x]"),
+                "metadata.finalizers",
+            ),
+            (
+                GOOD.replace("namespace: ${defaultNamespace}", "namespace: other"),
+                "default namespace",
+            ),
+            (
+                GOOD.replace("${serviceName}-routes", "shared"),
+                "metadata.name",
+            ),
+            (
+                GOOD.replace("\"${serviceName}.example.com\"", "api.example.com"),
+                "api.example.com",
+            ),
+            (
+                GOOD.replace(
+                    "hosts: [\"${serviceName}\", \"${serviceName}.example.com\"]",
+                    "hosts: []",
+                ),
+                "spec.hosts",
+            ),
+            (
+                GOOD.replace("\"${serviceName}.example.com\"", "\"*\""),
+                "\"*\"",
+            ),
+            (
+                GOOD.split("  http:").next().unwrap().to_owned(),
+                "spec.http",
+            ),
+            (
+                GOOD.replace("metadata:\n  name: ${serviceName}-routes\n", "metadata:\n"),
+                "metadata.name is missing",
+            ),
         ];
         for (text, want) in cases {
             let err = Template::parse(&text, "prod").unwrap_err();
