@@ -228,6 +228,7 @@ fn mirror_rbac_renders_all_resources_or_exactly_the_listed_rules() {
         && strs(&r["resources"]) == ["*"]
         && strs(&r["verbs"]) == VERBS));
     let listed = rules(&[
+        "aggregator.controllers={health,mirror}",
         "mirror.rbac.allResources=false",
         "mirror.rbac.rules[0].apiGroups[0]=",
         "mirror.rbac.rules[0].resources={secrets,configmaps}",
@@ -274,6 +275,41 @@ fn mirror_rbac_renders_all_resources_or_exactly_the_listed_rules() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The routing controller's RBAC (routing.md "RBAC"), rendered only when it is selected.
+#[test]
+fn routing_rbac_is_exactly_what_the_spec_lists() {
+    let rules = |set: &[&str]| -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+        let docs = fleetmirror_tests::pod::Rendered::helm(set).docs().to_vec();
+        let strs = |v: &serde_yaml::Value| -> Vec<String> {
+            v.as_sequence()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        find(&docs, "ClusterRole", "fleetmirror-aggregator")["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| (strs(&r["apiGroups"]), strs(&r["resources"]), strs(&r["verbs"])))
+            .collect()
+    };
+    let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let routing = rules(&["aggregator.controllers={routing}"]);
+    let all = v(&["get", "list", "watch", "create", "update", "patch", "delete"]);
+    for want in [
+        (v(&[""]), v(&["configmaps", "namespaces"]), v(&["get", "list", "watch"])),
+        (v(&[""]), v(&["services"]), all.clone()),
+        (v(&["networking.istio.io"]), v(&["virtualservices"]), all.clone()),
+        (v(&["events.k8s.io"]), v(&["events"]), v(&["create", "patch"])),
+    ] {
+        assert!(routing.contains(&want), "{want:?} missing from {routing:?}");
+    }
+    assert!(!routing.iter().any(|r| r.1.contains(&"*".to_owned()) || r.1.contains(&"secrets".to_owned())));
+    let without = rules(&["aggregator.controllers={health,mirror}"]);
+    assert!(!without.iter().any(|r| r.1.contains(&"virtualservices".to_owned())));
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
