@@ -2,7 +2,9 @@
 # fleetmirror's main job on an embedded default, on this machine:
 #   * a local control plane (etcd + kube-apiserver, scripts/control-plane.sh),
 #   * the CRDs and the sample fleet (fleet.yaml, examples/sample-fleet.yaml: two vClusters),
-#     and a sample Secret to mirror (examples/mirror-secret.yaml: platform → every team-*),
+#     a sample Secret to mirror (examples/mirror-secret.yaml: platform → every team-*), and a
+#     routing sample (examples/routing.yaml: Service shop in shop-prod with copies in two
+#     developer namespaces; Istio's VirtualService CRD stood in by tests/crds/virtualservice.yaml),
 #   * fleetmirror-aggregator (gRPC :9090, admin :8080, leader election on),
 #   * fleetmirror-agent for node "demo-node", in a private mount namespace with a temporary
 #     kubelet root holding the sample pods' directories, bind-mounting them under a temporary
@@ -79,6 +81,11 @@ kubectl create namespace fleetmirror-system --dry-run=client -o yaml | kubectl a
 kubectl apply -f examples/sample-fleet.yaml >/dev/null
 kubectl apply -f fleet.yaml >/dev/null
 kubectl apply -f examples/mirror-secret.yaml >/dev/null
+# Istio is not installed here: the tests' stand-in for its VirtualService CRD (tests/crds/),
+# then the routing sample (examples/routing.yaml).
+kubectl apply --server-side --field-manager=fleetmirror-demo -f tests/crds/virtualservice.yaml >/dev/null
+kubectl wait --for=condition=Established crd/virtualservices.networking.istio.io --timeout=60s >/dev/null
+kubectl apply -f examples/routing.yaml >/dev/null
 # No kubelet here: set pod status through the status subresource, as a kubelet would.
 set_status() { # namespace pod ready
   kubectl -n "$1" patch pod "$2" --subresource=status --type=merge \
@@ -159,6 +166,8 @@ scored() { [ "$(kubectl get vclusterhealth -n default fleet -o jsonpath='{.statu
 wait_for "the sample fleet's status" scored
 mirrored() { [ "$(kubectl get secret -A -l fleetmirror.io/mirror=true -o name | grep -c registry-credentials)" = 2 ]; }
 wait_for "the sample Secret mirrored into team-alpha and team-beta" mirrored
+routed() { [ "$(kubectl get virtualservice -n shop-prod shop-virtual-service -o jsonpath='{range .spec.http[*]}{.name} {end}' 2>/dev/null)" = "dev-dev-alice dev-dev-carol dev-dev-alice-baggage dev-dev-carol-baggage default " ]; }
+wait_for "the VirtualService of the sample Service shop" routed
 
 A=127.0.0.1:$GRPC_PORT
 cat <<EOF
@@ -184,6 +193,14 @@ $(kubectl get secret -n team-alpha registry-credentials -o go-template='{{range 
 The source and its targets (grpcurl -plaintext -d '{"kind":"Secret","namespace":"platform","name":"registry-credentials"}' $A fleetmirror.v1.Diagnostics/GetMirror):
 $(grpcurl -plaintext -d '{"kind":"Secret","namespace":"platform","name":"registry-credentials"}' "$A" fleetmirror.v1.Diagnostics/GetMirror | sed 's/^/  /')
 
+The VirtualService generated for prod Service shop-prod/shop (real copies in dev-alice, listed,
+and dev-carol, found by its label; dev-bob has none and got a placeholder):
+$(kubectl get virtualservice -n shop-prod shop-virtual-service -o yaml | sed -n '/^spec:/,$p' | sed 's/^/  /')
+  placeholder: $(kubectl get service -n dev-bob shop -o jsonpath='{.spec.type} -> {.spec.externalName}')
+
+Its routes (grpcurl -plaintext -d '{"namespace":"shop-prod"}' $A fleetmirror.v1.Diagnostics/ListRoutes):
+$(grpcurl -plaintext -d '{"namespace":"shop-prod"}' "$A" fleetmirror.v1.Diagnostics/ListRoutes | sed 's/^/  /')
+
 Services the aggregator serves (server reflection, no .proto files):
 $(grpcurl -plaintext "$A" list | sed 's/^/  /')
 
@@ -208,6 +225,8 @@ Try:
   kubectl describe secret -n platform registry-credentials             # mirror Events, if any
   grpcurl -plaintext -d '{"namespace":"platform"}' $A fleetmirror.v1.Diagnostics/ListMirrors   # sources, and every kind
   kubectl create namespace team-gamma                                   # ... and it gets its mirror
+  kubectl label namespace dev-bob fleetmirror.io/developer=true; kubectl -n dev-bob delete service shop
+  kubectl -n dev-bob create service clusterip shop --tcp=80               # dev-bob's real copy gets a route
 EOF
 
 if [ "$check" = 1 ]; then
@@ -222,6 +241,10 @@ if [ "$check" = 1 ]; then
   [ "$scope" = team-beta ] || die "the mirror in team-beta shows PULL_SCOPE=$scope, not its namespace"
   [ -z "$(kubectl get secret -n team-beta registry-credentials -o jsonpath='{.data.ADMIN_TOKEN}')" ] \
     || die "the ADMIN_TOKEN reached a mirror"
+  [ "$(kubectl get service -n dev-bob shop -o jsonpath='{.spec.externalName}')" = shop.shop-prod.svc.cluster.local ] \
+    || die "dev-bob has no placeholder for shop"
+  grpcurl -plaintext -d '{"namespace":"shop-prod"}' "$A" fleetmirror.v1.Diagnostics/ListRoutes | grep -q '"state": "Synced"' \
+    || die "ListRoutes does not show shop Synced"
   echo "demo check: ok"
   exit 0
 fi

@@ -67,6 +67,16 @@ fn demo_starts_everything_and_shows_it() {
         stdout.contains("team-beta/beta: 50 Partial, mounts 2/2"),
         "beta is Partial:\n{log}"
     );
+    assert!(
+        stdout.contains("name: dev-dev-alice")
+            && stdout.contains("name: dev-dev-carol")
+            && stdout.contains("host: shop.shop-prod.svc.cluster.local"),
+        "the generated VirtualService is shown:\n{log}"
+    );
+    assert!(
+        stdout.contains("\"apiVersion\": \"networking.istio.io/v1\""),
+        "ListRoutes is shown:\n{log}"
+    );
     assert!(stdout.contains("demo check: ok"), "{log}");
     assert!(!dir.exists(), "the demo cleans up after itself");
 }

@@ -293,23 +293,51 @@ fn routing_rbac_is_exactly_what_the_spec_lists() {
             .as_sequence()
             .unwrap()
             .iter()
-            .map(|r| (strs(&r["apiGroups"]), strs(&r["resources"]), strs(&r["verbs"])))
+            .map(|r| {
+                (
+                    strs(&r["apiGroups"]),
+                    strs(&r["resources"]),
+                    strs(&r["verbs"]),
+                )
+            })
             .collect()
     };
     let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let routing = rules(&["aggregator.controllers={routing}"]);
-    let all = v(&["get", "list", "watch", "create", "update", "patch", "delete"]);
+    let all = v(&[
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ]);
     for want in [
-        (v(&[""]), v(&["configmaps", "namespaces"]), v(&["get", "list", "watch"])),
+        (
+            v(&[""]),
+            v(&["configmaps", "namespaces"]),
+            v(&["get", "list", "watch"]),
+        ),
         (v(&[""]), v(&["services"]), all.clone()),
-        (v(&["networking.istio.io"]), v(&["virtualservices"]), all.clone()),
-        (v(&["events.k8s.io"]), v(&["events"]), v(&["create", "patch"])),
+        (
+            v(&["networking.istio.io"]),
+            v(&["virtualservices"]),
+            all.clone(),
+        ),
+        (
+            v(&["events.k8s.io"]),
+            v(&["events"]),
+            v(&["create", "patch"]),
+        ),
     ] {
         assert!(routing.contains(&want), "{want:?} missing from {routing:?}");
     }
-    assert!(!routing.iter().any(|r| r.1.contains(&"*".to_owned()) || r.1.contains(&"secrets".to_owned())));
+    assert!(
+        !routing
+            .iter()
+            .any(|r| r.1.contains(&"*".to_owned()) || r.1.contains(&"secrets".to_owned()))
+    );
     let without = rules(&["aggregator.controllers={health,mirror}"]);
-    assert!(!without.iter().any(|r| r.1.contains(&"virtualservices".to_owned())));
+    assert!(
+        !without
+            .iter()
+            .any(|r| r.1.contains(&"virtualservices".to_owned()))
+    );
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
