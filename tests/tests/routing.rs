@@ -25,6 +25,7 @@ fn generation(o: &Value) -> i64 {
     o["metadata"]["generation"].as_i64().unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn judge(
     vs: &Value,
     svc: &str,

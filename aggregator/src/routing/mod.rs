@@ -794,7 +794,7 @@ impl RoutingController {
                 Op::Apply { key, body, .. } => (vs_rv.get(key).copied(), fingerprint(body)),
                 Op::Placeholder { key, body, .. } => (svc_rv(key), fingerprint(body)),
                 Op::Delete { uid, .. } => {
-                    return !memory.gone.get(&key).is_some_and(|(g, _)| g == uid);
+                    return memory.gone.get(&key).is_none_or(|(g, _)| g != uid);
                 }
             };
             if let Some(f) = memory.inflight.get(&key)
@@ -803,7 +803,7 @@ impl RoutingController {
             {
                 return false; // written; the watch has not delivered it yet
             }
-            !memory.failures.get(&key).is_some_and(|f| f.next > now)
+            memory.failures.get(&key).is_none_or(|f| f.next <= now)
         });
         memory.failures.retain(|k, _| wanted.contains(k));
         let term = self.ctx.leadership.term();
