@@ -73,7 +73,17 @@ const WRITE_CONCURRENCY: usize = 8;
 /// Discovery while no VirtualService API is served, and after.
 const DISCOVERY_WAITING: Duration = Duration::from_secs(5);
 const DISCOVERY_FOUND: Duration = Duration::from_secs(60);
-const WATCH_VS: &str = "routing-virtualservices";
+/// The VirtualService watch of each version (named per version: a switch stops one watch and
+/// starts the other, and the old one's cleanup must not remove the new one's state).
+fn watch_vs(version: &str) -> &'static str {
+    if version == "v1" {
+        "routing-virtualservices-v1"
+    } else {
+        "routing-virtualservices-v1beta1"
+    }
+}
+/// The shortest time between two discoveries woken by a failing VirtualService watch.
+const DISCOVERY_MIN: Duration = Duration::from_secs(5);
 const WATCHES: [&str; 3] = [
     "routing-configmaps",
     "routing-namespaces",
@@ -121,6 +131,7 @@ impl RoutingConfig {
 /// Per-object backoff after a failed write: 0.5 s doubling to 60 s.
 #[derive(Debug, Clone)]
 struct Failure {
+    fingerprint: u64,
     failures: u32,
     next: Instant,
     message: String,
@@ -144,6 +155,8 @@ struct InFlight {
     fingerprint: u64,
     resource_version: u64,
     at: Instant,
+    /// The write created the object (until the watch shows it, its absence is expected).
+    created: bool,
 }
 
 /// Each config's memory.
@@ -367,6 +380,14 @@ impl Op {
         }
     }
 
+    /// What is written (for deletes: the UID).
+    fn fingerprint(&self) -> u64 {
+        match self {
+            Op::Apply { body, .. } | Op::Placeholder { body, .. } => fingerprint(body),
+            Op::Delete { uid, .. } => fingerprint(&Value::String(uid.clone())),
+        }
+    }
+
     fn op(&self) -> &'static str {
         match self {
             Op::Apply { .. } => "apply",
@@ -444,19 +465,21 @@ impl RoutingController {
         let mut next_discovery = Instant::now();
         let mut next_resync = Instant::now() + self.config.resync_interval;
         let mut waiting_logged = false;
+        let mut last_discovery = Instant::now();
         self.metrics.api_version(None);
         loop {
             let now = Instant::now();
             // The VirtualService API: discovered on schedule, and at once when its watch fails.
-            if now >= next_discovery
-                || w.erring(WATCH_VS)
-                    && vs
-                        .as_ref()
-                        .is_some_and(|v| v.listed.load(std::sync::atomic::Ordering::Relaxed))
-            {
+            let vs_failing = vs.as_ref().is_some_and(|v| {
+                v.listed.load(std::sync::atomic::Ordering::Relaxed) && w.erring(watch_vs(v.version))
+            });
+            if now >= next_discovery || vs_failing && now >= last_discovery + DISCOVERY_MIN {
+                last_discovery = now;
                 match discover(&self.ctx.client).await {
                     Ok(version) => {
                         if version != vs.as_ref().map(|v| v.version) {
+                            // The old watch stops before the new one starts.
+                            drop(vs.take());
                             vs = version.map(|version| {
                                 let stop = shutdown.child_token();
                                 let store = w.dynamic_store_until(
@@ -465,7 +488,7 @@ impl RoutingController {
                                     watcher::Config::default(),
                                     trim_virtual_service,
                                     &trigger,
-                                    WATCH_VS,
+                                    watch_vs(version),
                                     Some(stop.clone()),
                                     None,
                                 );
@@ -534,7 +557,13 @@ impl RoutingController {
             {
                 wake = wake.min(t);
             }
-            if let Some(t) = memory.inflight.values().map(|f| f.at + INFLIGHT_TTL).min() {
+            if let Some(t) = memory
+                .inflight
+                .values()
+                .filter(|f| f.created && f.at + INFLIGHT_TTL > Instant::now())
+                .map(|f| f.at + INFLIGHT_TTL)
+                .min()
+            {
                 wake = wake.min(t.max(Instant::now() + Duration::from_millis(50)));
             }
             tokio::select! {
@@ -609,13 +638,14 @@ impl RoutingController {
                 } else {
                     "; no good version is known, so nothing is changed"
                 };
-                // Said once per resourceVersion: the version is part of what is compared.
+                // Said once per resourceVersion: the version is part of the note (so the
+                // recorder's deduplication does not swallow a second edit with the same error).
                 conditions.push((
                     object,
                     Event {
                         warning: true,
                         reason: "InvalidConfig",
-                        note: format!("{msg}{kept}\u{0}{rv}"),
+                        note: format!("{msg}{kept} (resourceVersion {rv})"),
                     },
                 ));
             }
@@ -694,18 +724,22 @@ impl RoutingController {
                 let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
                     continue;
                 };
-                let managed_spec_keys = m
-                    .managed_fields
-                    .as_ref()
-                    .and_then(|mf| mf.first())
-                    .and_then(|e| {
-                        let spec = e.fields_v1.as_ref()?.0.get("f:spec")?.as_object()?;
-                        Some(
-                            spec.keys()
+                // The keys our applies own under a path (the store keeps only our entries).
+                let owned = |path: &[&str]| -> Option<BTreeSet<String>> {
+                    let entries = m.managed_fields.as_ref().filter(|mf| !mf.is_empty())?;
+                    let mut keys = BTreeSet::new();
+                    for e in entries {
+                        let mut v = e.fields_v1.as_ref().map(|f| &f.0);
+                        for p in path {
+                            v = v.and_then(|v| v.get(p));
+                        }
+                        keys.extend(v.and_then(Value::as_object).into_iter().flat_map(|o| {
+                            o.keys()
                                 .filter_map(|k| k.strip_prefix("f:").map(str::to_owned))
-                                .collect::<BTreeSet<_>>(),
-                        )
-                    });
+                        }));
+                    }
+                    Some(keys)
+                };
                 if let Some(rv) = numeric_rv(m.resource_version.as_deref()) {
                     vs_rv.insert((ns.clone(), name.clone()), rv);
                 }
@@ -727,12 +761,15 @@ impl RoutingController {
                             .and_then(Value::as_object)
                             .cloned()
                             .unwrap_or_default(),
-                        managed_spec_keys,
+                        managed_spec_keys: owned(&["f:spec"]),
+                        managed_labels: owned(&["f:metadata", "f:labels"]),
+                        managed_annotations: owned(&["f:metadata", "f:annotations"]),
                     },
                 );
             }
         }
-        let gc = vs_ready && !WATCHES.iter().chain([&WATCH_VS]).any(|n| w.erring(n));
+        let vs_healthy = vs_ready && vs.is_some_and(|v| !w.erring(watch_vs(v.version)));
+        let gc = vs_healthy && !WATCHES.iter().any(|n| w.erring(n));
         let plan = plan::plan(
             plan::Input {
                 configs: &config_inputs,
@@ -746,9 +783,6 @@ impl RoutingController {
 
         // What to write: skip writes the watch has not caught up with, and objects in backoff.
         let now = Instant::now();
-        memory
-            .inflight
-            .retain(|_, f| now.duration_since(f.at) < INFLIGHT_TTL);
         memory
             .gone
             .retain(|_, (_, at)| now.duration_since(*at) < INFLIGHT_TTL);
@@ -790,24 +824,44 @@ impl RoutingController {
         ops.retain(|op| {
             let key = op.key();
             wanted.insert(key.clone());
-            let (observed_rv, fp) = match op {
-                Op::Apply { key, body, .. } => (vs_rv.get(key).copied(), fingerprint(body)),
-                Op::Placeholder { key, body, .. } => (svc_rv(key), fingerprint(body)),
+            let fp = op.fingerprint();
+            let observed_rv = match op {
+                Op::Apply { key, .. } => vs_rv.get(key).copied(),
+                Op::Placeholder { key, .. } => svc_rv(key),
                 Op::Delete { uid, .. } => {
-                    return memory.gone.get(&key).is_none_or(|(g, _)| g != uid);
+                    if memory.gone.get(&key).is_some_and(|(g, _)| g == uid) {
+                        return false; // deleted; the watch has not delivered it yet
+                    }
+                    None
                 }
             };
             if let Some(f) = memory.inflight.get(&key)
                 && f.fingerprint == fp
-                && observed_rv.is_none_or(|rv| rv < f.resource_version)
             {
-                return false; // written; the watch has not delivered it yet
+                let waiting = match observed_rv {
+                    // The store has not caught up with our write, or holds exactly what it
+                    // returned (the server stores what we send differently: sending it again
+                    // would change nothing, and would loop).
+                    Some(rv) => rv <= f.resource_version,
+                    // Created and not delivered yet; once delivered, gone means deleted since.
+                    None => f.created && now.duration_since(f.at) < INFLIGHT_TTL,
+                };
+                if waiting {
+                    return false;
+                }
             }
-            memory.failures.get(&key).is_none_or(|f| f.next <= now)
+            // In backoff after a failure, unless what is to be written changed.
+            memory
+                .failures
+                .get(&key)
+                .is_none_or(|f| f.next <= now || f.fingerprint != fp)
         });
         memory.failures.retain(|k, _| wanted.contains(k));
+        memory.inflight.retain(|k, _| wanted.contains(k));
         let term = self.ctx.leadership.term();
-        let writing = term.is_some() && vs.is_some();
+        // Nothing is written before the VirtualService store holds a complete list: with an
+        // empty store every VirtualService would look missing and every conflict absent.
+        let writing = term.is_some() && vs_healthy;
         let mut outcomes: HashMap<Key, (RouteState, String)> = HashMap::new();
         if let (Some(term), true) = (&term, writing && !ops.is_empty()) {
             let client = self.ctx.client.clone();
@@ -816,12 +870,7 @@ impl RoutingController {
                 .map(|op| {
                     let client = client.clone();
                     async move {
-                        let fp = match &op {
-                            Op::Apply { body, .. } | Op::Placeholder { body, .. } => {
-                                fingerprint(body)
-                            }
-                            Op::Delete { .. } => 0,
-                        };
+                        let fp = op.fingerprint();
                         let r = write(term, &client, vs_api_version, &op).await;
                         (op, r, fp)
                     }
@@ -849,6 +898,14 @@ impl RoutingController {
                                             fingerprint: fp,
                                             resource_version: rv,
                                             at: now,
+                                            created: matches!(
+                                                op,
+                                                Op::Apply { force: false, .. }
+                                                    | Op::Placeholder {
+                                                        resource_version: None,
+                                                        ..
+                                                    }
+                                            ),
                                         },
                                     );
                                 }
@@ -868,11 +925,16 @@ impl RoutingController {
                         }
                         self.metrics.write_error(name, reason);
                         let f = memory.failures.entry(key.clone()).or_insert(Failure {
+                            fingerprint: fp,
                             failures: 0,
                             next: now,
                             message: String::new(),
                             permanent,
                         });
+                        if f.fingerprint != fp {
+                            f.failures = 0;
+                            f.fingerprint = fp;
+                        }
                         f.failures += 1;
                         f.next = now + Failure::delay(f.failures);
                         f.message = format!("{name} failed: {message}");
@@ -884,6 +946,10 @@ impl RoutingController {
         }
 
         // Events (leader only): conditions said once while they hold.
+        if term.is_none() {
+            // A standby says nothing; what it parsed is not news when it leads later.
+            memory.loaded.clear();
+        }
         if let Some(term) = &term {
             let mut holding: HashMap<String, (ObjectRef, Vec<Event>)> = HashMap::new();
             for (object, event) in config_conditions.drain(..) {
@@ -906,14 +972,11 @@ impl RoutingController {
                 let before = said.remove(&uid).unwrap_or_default();
                 let mut keep = BTreeMap::new();
                 let reference = object_reference(&object);
-                for mut e in conditions {
+                for e in conditions {
                     let key = e.note.clone();
                     if before.get(e.reason) == Some(&key) {
                         keep.insert(e.reason, key);
                         continue;
-                    }
-                    if let Some((note, _)) = e.note.split_once('\u{0}') {
-                        e.note = note.to_owned();
                     }
                     if events.publish(term, &reference, &e).await {
                         keep.insert(e.reason, key);

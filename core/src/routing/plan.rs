@@ -144,6 +144,10 @@ pub struct VirtualServiceIn {
     pub spec: Map<String, Value>,
     /// The top-level spec keys our field manager's apply owns (from `managedFields`), when known.
     pub managed_spec_keys: Option<BTreeSet<String>>,
+    /// The label keys our apply owns, when known.
+    pub managed_labels: Option<BTreeSet<String>>,
+    /// The annotation keys our apply owns, when known.
+    pub managed_annotations: Option<BTreeSet<String>>,
 }
 
 impl VirtualServiceIn {
@@ -498,7 +502,7 @@ pub fn desired_virtual_service(
     labels.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
     labels.insert(SERVICE_LABEL.into(), service.into());
     annotations.insert(CONFIG_ANNOTATION.into(), config_ref.into());
-    let body = json!({
+    let mut body = json!({
         "metadata": {
             "name": name,
             "namespace": ns,
@@ -510,6 +514,7 @@ pub fn desired_virtual_service(
         },
         "spec": spec,
     });
+    normalize(&mut body);
     Ok((name, body))
 }
 
@@ -544,10 +549,38 @@ pub fn up_to_date(desired: &Value, observed: &VirtualServiceIn) -> bool {
     if !spec.iter().all(|(k, v)| observed.spec.get(k) == Some(v)) {
         return false;
     }
-    observed
-        .managed_spec_keys
-        .as_ref()
-        .is_none_or(|keys| keys.iter().all(|k| spec.contains_key(k)))
+    // A field our apply owns that is no longer desired (a key dropped from the template) is
+    // removed by the next apply.
+    let owned_only = |owned: &Option<BTreeSet<String>>, want: &Value| {
+        owned
+            .as_ref()
+            .is_none_or(|keys| keys.iter().all(|k| want.get(k).is_some()))
+    };
+    owned_only(&observed.managed_spec_keys, &desired["spec"])
+        && owned_only(&observed.managed_labels, &meta["labels"])
+        && owned_only(&observed.managed_annotations, &meta["annotations"])
+}
+
+/// What the API server stores of what we send: no null fields (server-side apply drops them),
+/// integral numbers as integers (`8080.0` comes back `8080`). Comparing the desired object in
+/// this form with the stored one cannot loop.
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(normalize);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9e15)
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn placeholder_labels() -> Value {
@@ -992,6 +1025,10 @@ mod tests {
                                 .cloned()
                                 .collect(),
                         ),
+                        managed_labels: Some(
+                            m["labels"].as_object().unwrap().keys().cloned().collect(),
+                        ),
+                        managed_annotations: None,
                     },
                 );
             }
@@ -1392,7 +1429,7 @@ mod tests {
 
     #[test]
     fn a_template_is_honoured() {
-        let t = "defaultNamespace: prod\ndeveloperNamespaces: [dev-alice]\nvirtualServiceTemplate: |\n  apiVersion: networking.istio.io/v1beta1\n  kind: VirtualService\n  metadata:\n    name: ${serviceName}\n    labels: {team: web, fleetmirror.io/service: theirs}\n  spec:\n    hosts: [${serviceName}, ${serviceName}.example.com]\n    gateways: [mesh, prod/public]\n    http:\n    - name: primary\n      route: [{destination: {host: ${serviceName}.${defaultNamespace}.svc.cluster.local, port: {number: 8080}}}]\n";
+        let t = "defaultNamespace: prod\ndeveloperNamespaces: [dev-alice]\nvirtualServiceTemplate: |\n  apiVersion: networking.istio.io/v1beta1\n  kind: VirtualService\n  metadata:\n    name: ${serviceName}\n    labels: {team: web, fleetmirror.io/service: theirs}\n  spec:\n    hosts: [${serviceName}, ${serviceName}.example.com]\n    gateways: [mesh, prod/public]\n    http:\n    - name: primary\n      route: [{destination: {host: ${serviceName}.${defaultNamespace}.svc.cluster.local, port: {number: 8080.0}}}]\n    corsPolicy:\n";
         let mut w = World::new(t);
         w.svc("prod", "my-app");
         w.svc("dev-alice", "my-app");
@@ -1416,6 +1453,19 @@ mod tests {
             ["dev-dev-alice", "primary"],
             "no default route: the template's are the fallback"
         );
+        // Stored as the server stores it: no nulls, integral numbers as integers.
+        assert_eq!(
+            b["spec"]["http"][1]["route"][0]["destination"]["port"]["number"],
+            json!(8080)
+        );
+        assert!(b["spec"].get("corsPolicy").is_none());
+        // A label dropped from the template is removed by the next apply.
+        w.settle();
+        assert!(w.plan().applies.is_empty());
+        w.configs[0].effective = Some(Arc::new(
+            parse(Some(&t.replace("team: web, ", ""))).unwrap(),
+        ));
+        assert_eq!(w.plan().applies.len(), 1);
     }
 
     #[cfg(feature = "evaluator")]

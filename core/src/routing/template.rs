@@ -70,10 +70,36 @@ fn string_map(v: Option<&Value>, what: &str) -> Result<Map<String, Value>, Strin
     }
 }
 
+/// Stand-ins for the variables while the text is parsed: plain YAML strings, so a Service
+/// named `true`, `null` or `123` still renders as a string.
+const SERVICE_TOKEN: &str = "zzfmservicenamezz";
+const NAMESPACE_TOKEN: &str = "zzfmdefaultnamespacezz";
+
+/// Replaces the tokens in every string (and mapping key) of `v`.
+fn fill(v: &mut Value, service: &str, namespace: &str) {
+    let put = |s: &str| {
+        s.replace(SERVICE_TOKEN, service)
+            .replace(NAMESPACE_TOKEN, namespace)
+    };
+    match v {
+        Value::String(s) => *s = put(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| fill(x, service, namespace)),
+        Value::Object(m) => {
+            let old = std::mem::take(m);
+            for (k, mut x) in old {
+                fill(&mut x, service, namespace);
+                m.insert(put(&k), x);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Renders `text` for `service` and checks the shape (not the dependence on the service name).
 fn render(text: &str, service: &str, namespace: &str) -> Result<(Rendered, Vec<String>), String> {
-    let text = substitute(text, service, namespace)?;
-    let value: Value = serde_yaml::from_str(&text).map_err(|e| format!("not YAML: {e}"))?;
+    let text = substitute(text, SERVICE_TOKEN, NAMESPACE_TOKEN)?;
+    let mut value: Value = serde_yaml::from_str(&text).map_err(|e| format!("not YAML: {e}"))?;
+    fill(&mut value, service, namespace);
     let Value::Object(mut root) = value else {
         return Err("not a mapping".into());
     };
@@ -224,6 +250,15 @@ spec:
             r.spec["gateways"],
             serde_json::json!(["mesh", "prod/public"])
         );
+    }
+
+    #[test]
+    fn a_service_name_yaml_would_read_as_another_type_stays_a_string() {
+        let t = Template::parse(GOOD, "prod").unwrap();
+        for name in ["true", "null", "123", "1e3"] {
+            let r = t.render(name, "prod").unwrap();
+            assert_eq!(r.spec["hosts"][0], name, "{name}");
+        }
     }
 
     #[test]
