@@ -31,6 +31,7 @@
 
 pub mod view;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -170,6 +171,8 @@ struct ConfigMemory {
     invalid: Option<String>,
     /// A version was refused since the last good one.
     was_invalid: bool,
+    /// Changes whenever `effective` does.
+    version: u64,
 }
 
 /// Everything remembered between passes.
@@ -183,6 +186,10 @@ struct Memory {
     said: HashMap<String, BTreeMap<&'static str, String>>,
     /// Config UIDs whose `ConfigLoaded` is due.
     loaded: BTreeSet<String>,
+    /// What the last pass found up to date (`Plan::fresh`).
+    fresh: HashMap<u64, String>,
+    /// Counts config versions taken into effect (`ConfigIn::version`).
+    versions: u64,
 }
 
 /// Runs the controller until shutdown.
@@ -254,8 +261,12 @@ fn trim_virtual_service(o: &mut DynamicObject) {
     }
     if let Value::Object(data) = &mut o.data {
         data.remove("status");
-        if !ours && let Some(Value::Object(spec)) = data.get_mut("spec") {
-            spec.retain(|k, _| k == "hosts" || k == "gateways");
+        if let Some(Value::Object(spec)) = data.get_mut("spec") {
+            if ours {
+                *spec = fleetmirror_core::routing::plan::spec_fingerprints(spec);
+            } else {
+                spec.retain(|k, _| k == "hosts" || k == "gateways");
+            }
         }
     }
 }
@@ -544,6 +555,9 @@ impl RoutingController {
                 )
                 .await;
                 self.metrics.pass(started.elapsed().as_secs_f64());
+                // A pass builds every desired VirtualService and a copy of every store: give
+                // what it freed back (at most once a second).
+                fleetmirror_runtime::memory::release();
             }
 
             // Sleep until a change, a retry, a discovery or the resync.
@@ -614,6 +628,8 @@ impl RoutingController {
                             memory.loaded.insert(uid.clone());
                         }
                         mem.effective = Some(Arc::new(c));
+                        memory.versions += 1;
+                        mem.version = memory.versions;
                         mem.invalid = None;
                         mem.was_invalid = false;
                     }
@@ -660,6 +676,7 @@ impl RoutingController {
                     .unwrap_or_default(),
                 effective: mem.effective.clone(),
                 invalid: mem.invalid.clone(),
+                version: mem.version,
             });
         }
         memory.configs.retain(|uid, _| live.contains(uid));
@@ -715,11 +732,13 @@ impl RoutingController {
                 ))
             })
             .collect();
-        let mut vs_in: BTreeMap<Key, VirtualServiceIn> = BTreeMap::new();
+        // Borrowed from the store for the pass: nothing it only reads is copied.
+        let vs_state = vs.map(|v| v.store.state()).unwrap_or_default();
+        let mut vs_in: BTreeMap<Key, VirtualServiceIn<'_>> = BTreeMap::new();
         let mut vs_rv: HashMap<Key, u64> = HashMap::new();
         let vs_ready = vs.is_some_and(|v| v.listed.load(std::sync::atomic::Ordering::Relaxed));
-        if let Some(v) = vs {
-            for o in v.store.state() {
+        {
+            for o in &vs_state {
                 let m = &o.metadata;
                 let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
                     continue;
@@ -746,9 +765,15 @@ impl RoutingController {
                 vs_in.insert(
                     (ns, name),
                     VirtualServiceIn {
-                        uid: m.uid.clone().unwrap_or_default(),
-                        labels: m.labels.clone().unwrap_or_default(),
-                        annotations: m.annotations.clone().unwrap_or_default(),
+                        uid: Cow::Borrowed(m.uid.as_deref().unwrap_or_default()),
+                        resource_version: Cow::Borrowed(
+                            m.resource_version.as_deref().unwrap_or_default(),
+                        ),
+                        labels: m.labels.as_ref().map_or_else(Cow::default, Cow::Borrowed),
+                        annotations: m
+                            .annotations
+                            .as_ref()
+                            .map_or_else(Cow::default, Cow::Borrowed),
                         owner_references: m
                             .owner_references
                             .iter()
@@ -759,8 +784,7 @@ impl RoutingController {
                             .data
                             .get("spec")
                             .and_then(Value::as_object)
-                            .cloned()
-                            .unwrap_or_default(),
+                            .map_or_else(Cow::default, Cow::Borrowed),
                         managed_spec_keys: owned(&["f:spec"]),
                         managed_labels: owned(&["f:metadata", "f:labels"]),
                         managed_annotations: owned(&["f:metadata", "f:annotations"]),
@@ -770,16 +794,18 @@ impl RoutingController {
         }
         let vs_healthy = vs_ready && vs.is_some_and(|v| !w.erring(watch_vs(v.version)));
         let gc = vs_healthy && !WATCHES.iter().any(|n| w.erring(n));
-        let plan = plan::plan(
+        let mut plan = plan::plan(
             plan::Input {
                 configs: &config_inputs,
                 namespaces: &ns_in,
                 services: &svc_in,
                 virtual_services: &vs_in,
+                fresh: &memory.fresh,
                 gc,
             },
             &self.config.settings,
         );
+        memory.fresh = std::mem::take(&mut plan.fresh);
 
         // What to write: skip writes the watch has not caught up with, and objects in backoff.
         let now = Instant::now();
@@ -793,24 +819,25 @@ impl RoutingController {
         };
         let mut ops = Vec::new();
         let mut wanted: BTreeSet<ObjKey> = BTreeSet::new();
-        for a in &plan.applies {
-            let mut body = a.body.clone();
+        // Moved out of the plan, not copied (a first start writes every VirtualService).
+        for a in std::mem::take(&mut plan.applies) {
+            let mut body = a.body;
             if let Some(v) = vs {
                 body["apiVersion"] = Value::String(format!("networking.istio.io/{}", v.version));
                 body["kind"] = Value::String("VirtualService".into());
             }
             ops.push(Op::Apply {
-                key: (a.namespace.clone(), a.name.clone()),
+                key: (a.namespace, a.name),
                 body,
                 force: a.force,
-                service: a.service.clone(),
+                service: a.service,
             });
         }
-        for p in &plan.placeholders {
+        for p in std::mem::take(&mut plan.placeholders) {
             ops.push(Op::Placeholder {
-                key: (p.namespace.clone(), p.name.clone()),
-                body: p.body.clone(),
-                resource_version: p.resource_version.clone(),
+                key: (p.namespace, p.name),
+                body: p.body,
+                resource_version: p.resource_version,
             });
         }
         for d in &plan.deletes {

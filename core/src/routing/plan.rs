@@ -12,7 +12,9 @@
 //! (frozen), never for a config outside this instance's scope, never when the caller says the
 //! inputs may be incomplete (`gc: false`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -61,6 +63,8 @@ pub struct ConfigIn {
     pub effective: Option<Arc<Config>>,
     /// Why the current version is refused.
     pub invalid: Option<String>,
+    /// Changes whenever `effective` does.
+    pub version: u64,
 }
 
 impl ConfigIn {
@@ -129,19 +133,24 @@ impl ServiceIn {
     }
 }
 
-/// A VirtualService as observed.
+/// A VirtualService as observed (borrowed from the watch's store where it can be: a pass
+/// copies nothing it only reads).
 #[derive(Debug, Clone, Default)]
-pub struct VirtualServiceIn {
+pub struct VirtualServiceIn<'a> {
     /// Its UID.
-    pub uid: String,
+    pub uid: Cow<'a, str>,
+    /// Its resourceVersion.
+    pub resource_version: Cow<'a, str>,
     /// Its labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Cow<'a, BTreeMap<String, String>>,
     /// Its annotations (ours are enough).
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Cow<'a, BTreeMap<String, String>>,
     /// `metadata.ownerReferences`.
     pub owner_references: Vec<Value>,
-    /// The spec: whole for ours and adoptable ones, at least `hosts` and `gateways` for others.
-    pub spec: Map<String, Value>,
+    /// Ours: each top-level spec key with the [`fingerprint`] of its value (what comparing
+    /// needs; a VirtualService's routes held as JSON cost kilobytes each). Others: at least
+    /// `hosts` and `gateways`, as they are.
+    pub spec: Cow<'a, Map<String, Value>>,
     /// The top-level spec keys our field manager's apply owns (from `managedFields`), when known.
     pub managed_spec_keys: Option<BTreeSet<String>>,
     /// The label keys our apply owns, when known.
@@ -150,7 +159,7 @@ pub struct VirtualServiceIn {
     pub managed_annotations: Option<BTreeSet<String>>,
 }
 
-impl VirtualServiceIn {
+impl VirtualServiceIn<'_> {
     /// Labelled ours.
     pub fn ours(&self) -> bool {
         self.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
@@ -183,7 +192,9 @@ pub struct Input<'a> {
     /// Services by key.
     pub services: &'a BTreeMap<Key, ServiceIn>,
     /// VirtualServices by key.
-    pub virtual_services: &'a BTreeMap<Key, VirtualServiceIn>,
+    pub virtual_services: &'a BTreeMap<Key, VirtualServiceIn<'a>>,
+    /// What the last pass found up to date (see [`Plan::fresh`]).
+    pub fresh: &'a HashMap<u64, String>,
     /// False while any input may be incomplete (a watch lists again or fails): nothing is
     /// deleted.
     pub gc: bool,
@@ -391,6 +402,11 @@ pub struct Plan {
     pub routes: usize,
     /// Placeholders of ours in place and wanted.
     pub placeholders_in_place: usize,
+    /// The prod Services whose VirtualService was up to date, by the hash of everything that
+    /// decided it (config version, the Service, its routes, the object there, the foreign
+    /// VirtualServices of its namespace), with the VirtualService's name: while those inputs
+    /// are unchanged the next pass does not build the object again to compare.
+    pub fresh: HashMap<u64, String>,
 }
 
 fn config_ref(c: &ConfigIn) -> ObjectRef {
@@ -527,7 +543,7 @@ fn subset(want: &Value, have: &BTreeMap<String, String>) -> bool {
 
 /// True when `observed` already holds every field `desired` sets (and no spec field our
 /// apply owns has been dropped from `desired`).
-pub fn up_to_date(desired: &Value, observed: &VirtualServiceIn) -> bool {
+pub fn up_to_date(desired: &Value, observed: &VirtualServiceIn<'_>) -> bool {
     let meta = &desired["metadata"];
     if !subset(&meta["labels"], &observed.labels)
         || !subset(&meta["annotations"], &observed.annotations)
@@ -546,7 +562,10 @@ pub fn up_to_date(desired: &Value, observed: &VirtualServiceIn) -> bool {
     let Some(spec) = desired["spec"].as_object() else {
         return false;
     };
-    if !spec.iter().all(|(k, v)| observed.spec.get(k) == Some(v)) {
+    if !spec
+        .iter()
+        .all(|(k, v)| observed.spec.get(k).and_then(Value::as_str) == Some(&fingerprint(v)))
+    {
         return false;
     }
     // A field our apply owns that is no longer desired (a key dropped from the template) is
@@ -581,6 +600,34 @@ fn normalize(v: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A fingerprint of a JSON value: equal values (maps compare regardless of key order, as JSON
+/// does) give equal fingerprints.
+pub fn fingerprint(v: &Value) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// `spec` with each value replaced by its [`fingerprint`] (what the store keeps of ours).
+pub fn spec_fingerprints(spec: &Map<String, Value>) -> Map<String, Value> {
+    spec.iter()
+        .map(|(k, v)| (k.clone(), Value::String(fingerprint(v))))
+        .collect()
+}
+
+/// A hash of the VirtualServices in `namespace` that are not ours (what conflicts depend on).
+fn foreign_hash(vs: &BTreeMap<Key, VirtualServiceIn<'_>>, namespace: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for ((_, name), v) in vs
+        .range((namespace.to_owned(), String::new())..)
+        .take_while(|((n, _), _)| n == namespace)
+        .filter(|(_, v)| !v.ours())
+    {
+        (name, &v.uid, &v.resource_version).hash(&mut h);
+    }
+    h.finish()
 }
 
 fn placeholder_labels() -> Value {
@@ -664,6 +711,7 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             .services
             .range((dns.to_owned(), String::new())..)
             .take_while(|((n, _), _)| n == dns);
+        let foreign = foreign_hash(input.virtual_services, dns);
         for ((_, name), svc) in prod {
             if svc.is_placeholder() {
                 continue;
@@ -754,6 +802,32 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                             }
                         }
                         _ => {}
+                    }
+                }
+            }
+            // Unchanged since a pass found it up to date: nothing to build or compare.
+            let inputs = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&reference, c.version, domain, &svc.uid, &svc.resource_version).hash(&mut h);
+                for r in &view.routes {
+                    (&r.namespace, r.source).hash(&mut h);
+                }
+                foreign.hash(&mut h);
+                h.finish()
+            };
+            if let Some(vs_name) = input.fresh.get(&inputs) {
+                let key = (dns.clone(), vs_name.clone());
+                if let Some(vs) = input.virtual_services.get(&key).filter(|vs| vs.ours()) {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (inputs, &vs.uid, &vs.resource_version).hash(&mut h);
+                    if input.fresh.contains_key(&h.finish()) {
+                        view.virtual_service = vs_name.clone();
+                        out.routes += view.routes.len();
+                        out.fresh.insert(inputs, vs_name.clone());
+                        out.fresh.insert(h.finish(), String::new());
+                        wanted_vs.insert(key);
+                        out.services.push(view);
+                        continue;
                     }
                 }
             }
@@ -868,6 +942,13 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             wanted_vs.insert((dns.clone(), vs_name.clone()));
             out.routes += view.routes.len();
             let due = at_name.is_none_or(|vs| !up_to_date(&body, vs));
+            if let (false, Some(vs)) = (due, at_name) {
+                // Remembered with the object it was compared with.
+                out.fresh.insert(inputs, vs_name.clone());
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (inputs, &vs.uid, &vs.resource_version).hash(&mut h);
+                out.fresh.insert(h.finish(), String::new());
+            }
             if due {
                 view.state = RouteState::Pending;
                 out.applies.push(Apply {
@@ -908,7 +989,7 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                     kind: DeleteKind::VirtualService,
                     namespace: ns.clone(),
                     name: name.clone(),
-                    uid: vs.uid.clone(),
+                    uid: vs.uid.to_string(),
                     resource_version: None,
                 });
             }
@@ -947,7 +1028,8 @@ mod tests {
         configs: Vec<ConfigIn>,
         namespaces: BTreeMap<String, NamespaceIn>,
         services: BTreeMap<Key, ServiceIn>,
-        vs: BTreeMap<Key, VirtualServiceIn>,
+        vs: BTreeMap<Key, VirtualServiceIn<'static>>,
+        fresh: HashMap<u64, String>,
     }
 
     impl World {
@@ -967,6 +1049,7 @@ mod tests {
                 created: created.into(),
                 effective: Some(Arc::new(parse(Some(text)).unwrap())),
                 invalid: None,
+                version: 1,
             });
         }
         fn svc(&mut self, ns: &str, name: &str) -> &mut ServiceIn {
@@ -989,6 +1072,7 @@ mod tests {
                     namespaces: &self.namespaces,
                     services: &self.services,
                     virtual_services: &self.vs,
+                    fresh: &self.fresh,
                     gc,
                 },
                 &Settings {
@@ -1012,11 +1096,12 @@ mod tests {
                 self.vs.insert(
                     (a.namespace.clone(), a.name.clone()),
                     VirtualServiceIn {
-                        uid: format!("vs-{}", a.name),
-                        labels: strings(&m["labels"]),
-                        annotations: strings(&m["annotations"]),
+                        uid: format!("vs-{}", a.name).into(),
+                        resource_version: self.next_rv().into(),
+                        labels: Cow::Owned(strings(&m["labels"])),
+                        annotations: Cow::Owned(strings(&m["annotations"])),
                         owner_references: m["ownerReferences"].as_array().unwrap().clone(),
-                        spec: a.body["spec"].as_object().unwrap().clone(),
+                        spec: Cow::Owned(spec_fingerprints(a.body["spec"].as_object().unwrap())),
                         managed_spec_keys: Some(
                             a.body["spec"]
                                 .as_object()
@@ -1044,6 +1129,9 @@ mod tests {
                 };
             }
             p
+        }
+        fn next_rv(&self) -> String {
+            (self.vs.len() * 1000 + self.fresh.len() + rand_rv()).to_string()
         }
         fn routes(&self, p: &Plan, service: &str) -> Vec<String> {
             let v = p.services.iter().find(|s| s.service == service).unwrap();
@@ -1162,6 +1250,48 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_service_is_not_built_again_and_any_change_is_seen() {
+        let mut w = World::new(CONFIG);
+        w.svc("prod", "my-app");
+        w.svc("prod", "other");
+        w.settle();
+        let p = w.plan();
+        assert!(p.applies.is_empty());
+        assert_eq!(p.fresh.len(), 4, "two services, each with the object compared");
+        w.fresh = p.fresh;
+        let p = w.plan();
+        assert!(p.applies.is_empty());
+        assert_eq!(p.services.iter().filter(|s| s.state == RouteState::Synced).count(), 2);
+        assert_eq!(p.services[0].virtual_service, "my-app-virtual-service");
+        // A new copy: its routes changed, so it is built and written.
+        w.svc("dev-alice", "my-app");
+        let p = w.plan();
+        assert_eq!(p.applies.len(), 1);
+        assert_eq!(p.applies[0].name, "my-app-virtual-service");
+        w.fresh = w.settle().fresh;
+        w.fresh = w.plan().fresh;
+        assert!(w.plan().applies.is_empty());
+        // Someone edits our object (a new resourceVersion): compared again, and undone.
+        let key = ("prod".to_string(), "other-virtual-service".to_string());
+        let mut edited = w.vs[&key].clone();
+        edited
+            .spec
+            .to_mut()
+            .insert("hosts".into(), fingerprint(&json!(["hijacked"])).into());
+        edited.resource_version = "999999".into();
+        w.vs.insert(key, edited);
+        let p = w.plan();
+        assert_eq!(p.applies.len(), 1);
+        assert_eq!(p.applies[0].name, "other-virtual-service");
+        // A foreign object appears in the namespace: conflicts are judged again.
+        w.fresh = w.settle().fresh;
+        w.fresh = w.plan().fresh;
+        w.vs.insert(("prod".into(), "theirs".into()), foreign(&["my-app"], &[]));
+        let p = w.plan();
+        assert_eq!(p.services.iter().find(|s| s.service == "my-app").unwrap().state, RouteState::HostConflict);
+    }
+
+    #[test]
     fn selected_namespaces_follow_the_listed_ones_sorted() {
         let mut w = World::new(&format!(
             "{CONFIG}developerNamespaceSelector: {{matchLabels: {{dev: 'true'}}}}"
@@ -1189,13 +1319,22 @@ mod tests {
         assert_eq!(w.routes(&w.plan(), "my-app"), ["staging", "zz-carol"]);
     }
 
-    fn foreign(hosts: &[&str], gateways: &[&str]) -> VirtualServiceIn {
+    /// A resourceVersion never used before in this process.
+    fn rand_rv() -> usize {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn foreign(hosts: &[&str], gateways: &[&str]) -> VirtualServiceIn<'static> {
         VirtualServiceIn {
             uid: "foreign".into(),
-            spec: json!({"hosts": hosts, "gateways": gateways})
-                .as_object()
-                .unwrap()
-                .clone(),
+            resource_version: rand_rv().to_string().into(),
+            spec: Cow::Owned(
+                json!({"hosts": hosts, "gateways": gateways})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             ..Default::default()
         }
     }
@@ -1254,6 +1393,7 @@ mod tests {
         let mut theirs = foreign(&["my-app"], &[]);
         theirs
             .labels
+            .to_mut()
             .insert("managed-by".into(), "virtualservice-operator".into());
         w.vs.insert(("prod".into(), "my-app-virtual-service".into()), theirs);
         let p = w.plan();
@@ -1280,9 +1420,10 @@ mod tests {
         let mut other = w.vs[&("prod".to_string(), "my-app-virtual-service".to_string())].clone();
         other
             .annotations
+            .to_mut()
             .insert(CONFIG_ANNOTATION.into(), "team/other".into());
         w.vs.insert(("prod".into(), "b".into()), other.clone());
-        other.annotations.clear();
+        other.annotations.to_mut().clear();
         w.vs.insert(("prod".into(), "unreadable".into()), other);
         w.vs.insert(("prod".into(), "theirs".into()), foreign(&["x"], &[]));
         let s = Settings {
@@ -1295,6 +1436,7 @@ mod tests {
                 namespaces: &w.namespaces,
                 services: &w.services,
                 virtual_services: &w.vs,
+                fresh: &HashMap::new(),
                 gc: true,
             },
             &s,
