@@ -249,18 +249,49 @@ fn trim_virtual_service(o: &mut DynamicObject) {
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY))
         .is_some_and(|v| v == MANAGED_BY_VALUE);
-    if let Some(mf) = &mut o.metadata.managed_fields {
-        mf.retain(|e| {
-            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
-        });
-    }
+    // Of managedFields (a JSON tree per entry), only which spec keys, labels and annotations our
+    // applies own, as one list of `s:`/`l:`/`a:` + key (see `owned_keys`).
+    let owned: Option<Vec<Value>> = o.metadata.managed_fields.take().and_then(|mf| {
+        let ours: Vec<_> = mf
+            .iter()
+            .filter(|e| {
+                e.manager.as_deref() == Some(FIELD_MANAGER)
+                    && e.operation.as_deref() == Some("Apply")
+            })
+            .filter_map(|e| e.fields_v1.as_ref())
+            .collect();
+        if ours.is_empty() {
+            return None;
+        }
+        let mut keys = BTreeSet::new();
+        for f in ours {
+            for (tag, path) in [
+                ("s:", &["f:spec"][..]),
+                ("l:", &["f:metadata", "f:labels"][..]),
+                ("a:", &["f:metadata", "f:annotations"][..]),
+            ] {
+                let mut v = Some(&f.0);
+                for p in path {
+                    v = v.and_then(|v| v.get(p));
+                }
+                for k in v.and_then(Value::as_object).into_iter().flat_map(|o| o.keys()) {
+                    if let Some(k) = k.strip_prefix("f:") {
+                        keys.insert(format!("{tag}{k}"));
+                    }
+                }
+            }
+        }
+        Some(keys.into_iter().map(Value::String).collect())
+    });
     if !ours {
-        o.metadata.managed_fields = None;
         o.metadata.annotations = None;
         o.metadata.owner_references = None;
     }
     if let Value::Object(data) = &mut o.data {
         data.remove("status");
+        if let Some(owned) = owned.filter(|_| ours) {
+            data.insert(OWNED_KEYS.into(), Value::Array(owned));
+        }
         if let Some(Value::Object(spec)) = data.get_mut("spec") {
             if ours {
                 *spec = fleetmirror_core::routing::plan::spec_fingerprints(spec);
@@ -269,6 +300,19 @@ fn trim_virtual_service(o: &mut DynamicObject) {
             }
         }
     }
+}
+
+/// Where [`trim_virtual_service`] keeps the keys our applies own.
+const OWNED_KEYS: &str = "fleetmirrorOwnedKeys";
+
+/// The keys tagged `tag` in what [`trim_virtual_service`] kept (None: unknown).
+fn owned_keys(o: &DynamicObject, tag: &str) -> Option<BTreeSet<String>> {
+    let list = o.data.get(OWNED_KEYS)?.as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|k| k.as_str()?.strip_prefix(tag).map(str::to_owned))
+            .collect(),
+    )
 }
 
 fn vs_ar(version: &str) -> ApiResource {
@@ -743,22 +787,6 @@ impl RoutingController {
                 let (Some(ns), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
                     continue;
                 };
-                // The keys our applies own under a path (the store keeps only our entries).
-                let owned = |path: &[&str]| -> Option<BTreeSet<String>> {
-                    let entries = m.managed_fields.as_ref().filter(|mf| !mf.is_empty())?;
-                    let mut keys = BTreeSet::new();
-                    for e in entries {
-                        let mut v = e.fields_v1.as_ref().map(|f| &f.0);
-                        for p in path {
-                            v = v.and_then(|v| v.get(p));
-                        }
-                        keys.extend(v.and_then(Value::as_object).into_iter().flat_map(|o| {
-                            o.keys()
-                                .filter_map(|k| k.strip_prefix("f:").map(str::to_owned))
-                        }));
-                    }
-                    Some(keys)
-                };
                 if let Some(rv) = numeric_rv(m.resource_version.as_deref()) {
                     vs_rv.insert((ns.clone(), name.clone()), rv);
                 }
@@ -785,9 +813,9 @@ impl RoutingController {
                             .get("spec")
                             .and_then(Value::as_object)
                             .map_or_else(Cow::default, Cow::Borrowed),
-                        managed_spec_keys: owned(&["f:spec"]),
-                        managed_labels: owned(&["f:metadata", "f:labels"]),
-                        managed_annotations: owned(&["f:metadata", "f:annotations"]),
+                        managed_spec_keys: owned_keys(o, "s:"),
+                        managed_labels: owned_keys(o, "l:"),
+                        managed_annotations: owned_keys(o, "a:"),
                     },
                 );
             }
@@ -801,6 +829,7 @@ impl RoutingController {
                 services: &svc_in,
                 virtual_services: &vs_in,
                 fresh: &memory.fresh,
+                compare: vs_healthy,
                 gc,
             },
             &self.config.settings,

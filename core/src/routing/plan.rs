@@ -195,6 +195,9 @@ pub struct Input<'a> {
     pub virtual_services: &'a BTreeMap<Key, VirtualServiceIn<'a>>,
     /// What the last pass found up to date (see [`Plan::fresh`]).
     pub fresh: &'a HashMap<u64, String>,
+    /// False while the VirtualServices are not known (no API, or its watch has not listed):
+    /// nothing is built or compared, every prod Service is `Pending`.
+    pub compare: bool,
     /// False while any input may be incomplete (a watch lists again or fails): nothing is
     /// deleted.
     pub gc: bool,
@@ -518,18 +521,20 @@ pub fn desired_virtual_service(
     labels.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
     labels.insert(SERVICE_LABEL.into(), service.into());
     annotations.insert(CONFIG_ANNOTATION.into(), config_ref.into());
-    let mut body = json!({
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [{
-                "apiVersion": "v1", "kind": "Service", "name": service, "uid": uid, "controller": true,
-            }],
-        },
-        "spec": spec,
-    });
+    // Built by moving the parts in (`json!` would copy each map).
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), Value::String(name.clone()));
+    metadata.insert("namespace".into(), Value::String(ns.clone()));
+    metadata.insert("labels".into(), Value::Object(labels));
+    metadata.insert("annotations".into(), Value::Object(annotations));
+    metadata.insert(
+        "ownerReferences".into(),
+        json!([{"apiVersion": "v1", "kind": "Service", "name": service, "uid": uid, "controller": true}]),
+    );
+    let mut body = Map::new();
+    body.insert("metadata".into(), Value::Object(metadata));
+    body.insert("spec".into(), Value::Object(spec));
+    let mut body = Value::Object(body);
     normalize(&mut body);
     Ok((name, body))
 }
@@ -805,6 +810,12 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
                     }
                 }
             }
+            if !input.compare {
+                view.state = RouteState::Pending;
+                out.routes += view.routes.len();
+                out.services.push(view);
+                continue;
+            }
             // Unchanged since a pass found it up to date: nothing to build or compare.
             let inputs = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1073,6 +1084,7 @@ mod tests {
                     services: &self.services,
                     virtual_services: &self.vs,
                     fresh: &self.fresh,
+                    compare: true,
                     gc,
                 },
                 &Settings {
@@ -1437,6 +1449,7 @@ mod tests {
                 services: &w.services,
                 virtual_services: &w.vs,
                 fresh: &HashMap::new(),
+                compare: true,
                 gc: true,
             },
             &s,
