@@ -48,7 +48,7 @@ use fleetmirror_core::status::Event;
 use fleetmirror_runtime::admin::ReadyFlag;
 use fleetmirror_runtime::shutdown::BoxError;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -225,19 +225,54 @@ fn keep_keys(m: &mut Option<BTreeMap<String, String>>) {
 }
 
 /// A Service as planning reads it.
-fn trim_service(s: &mut Service) {
+fn trim_service(s: &mut SlimService) {
     let m = &mut s.metadata;
     m.managed_fields = None;
     m.owner_references = None;
     m.finalizers = None;
     keep_keys(&mut m.labels);
     keep_keys(&mut m.annotations);
-    s.status = None;
-    s.spec = s.spec.take().map(|spec| ServiceSpec {
-        type_: spec.type_,
-        external_name: spec.external_name,
-        ..Default::default()
-    });
+}
+
+/// A Service as the routing controller reads it, decoded straight into what planning needs
+/// (the rest of each object is never allocated: a cluster's other Services cost next to
+/// nothing).
+#[derive(Clone, Debug, serde::Deserialize)]
+struct SlimService {
+    metadata: kube::api::ObjectMeta,
+    spec: Option<SlimServiceSpec>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimServiceSpec {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    external_name: Option<String>,
+}
+
+impl kube::Resource for SlimService {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Service".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "services".into()
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// A VirtualService: ours whole, others' metadata labels, hosts and gateways; our field
@@ -274,7 +309,11 @@ fn trim_virtual_service(o: &mut DynamicObject) {
                 for p in path {
                     v = v.and_then(|v| v.get(p));
                 }
-                for k in v.and_then(Value::as_object).into_iter().flat_map(|o| o.keys()) {
+                for k in v
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                {
                     if let Some(k) = k.strip_prefix("f:") {
                         keys.insert(format!("{tag}{k}"));
                     }
@@ -286,6 +325,13 @@ fn trim_virtual_service(o: &mut DynamicObject) {
     if !ours {
         o.metadata.annotations = None;
         o.metadata.owner_references = None;
+        // Of another's labels, only the operator's ownership label is read (adoption).
+        if let Some(l) = &mut o.metadata.labels {
+            l.retain(|k, _| k == fleetmirror_core::routing::OPERATOR_MANAGED_BY.0);
+            if l.is_empty() {
+                o.metadata.labels = None;
+            }
+        }
     }
     if let Value::Object(data) = &mut o.data {
         data.remove("status");
@@ -502,7 +548,7 @@ impl RoutingController {
             WATCHES[1],
         );
         let services = w.store(
-            Api::<Service>::all(w.client().clone()),
+            Api::<SlimService>::all(w.client().clone()),
             watcher::Config::default(),
             trim_service,
             &trigger,
@@ -733,7 +779,7 @@ impl RoutingController {
         &self,
         configs: &Store<ConfigMap>,
         namespaces: &Store<PartialObjectMeta<Namespace>>,
-        services: &Store<Service>,
+        services: &Store<SlimService>,
         vs: Option<&VsWatch>,
         memory: &mut Memory,
         events: &EventRecorder,

@@ -819,7 +819,14 @@ pub fn plan(input: Input<'_>, settings: &Settings) -> Plan {
             // Unchanged since a pass found it up to date: nothing to build or compare.
             let inputs = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&reference, c.version, domain, &svc.uid, &svc.resource_version).hash(&mut h);
+                (
+                    &reference,
+                    c.version,
+                    domain,
+                    &svc.uid,
+                    &svc.resource_version,
+                )
+                    .hash(&mut h);
                 for r in &view.routes {
                     (&r.namespace, r.source).hash(&mut h);
                 }
@@ -1269,11 +1276,21 @@ mod tests {
         w.settle();
         let p = w.plan();
         assert!(p.applies.is_empty());
-        assert_eq!(p.fresh.len(), 4, "two services, each with the object compared");
+        assert_eq!(
+            p.fresh.len(),
+            4,
+            "two services, each with the object compared"
+        );
         w.fresh = p.fresh;
         let p = w.plan();
         assert!(p.applies.is_empty());
-        assert_eq!(p.services.iter().filter(|s| s.state == RouteState::Synced).count(), 2);
+        assert_eq!(
+            p.services
+                .iter()
+                .filter(|s| s.state == RouteState::Synced)
+                .count(),
+            2
+        );
         assert_eq!(p.services[0].virtual_service, "my-app-virtual-service");
         // A new copy: its routes changed, so it is built and written.
         w.svc("dev-alice", "my-app");
@@ -1300,7 +1317,14 @@ mod tests {
         w.fresh = w.plan().fresh;
         w.vs.insert(("prod".into(), "theirs".into()), foreign(&["my-app"], &[]));
         let p = w.plan();
-        assert_eq!(p.services.iter().find(|s| s.service == "my-app").unwrap().state, RouteState::HostConflict);
+        assert_eq!(
+            p.services
+                .iter()
+                .find(|s| s.service == "my-app")
+                .unwrap()
+                .state,
+            RouteState::HostConflict
+        );
     }
 
     #[test]
