@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use fleetmirror_tests::cluster::{ControlPlane, namespace};
-use fleetmirror_tests::process::{Aggregator, AggregatorConfig};
+use fleetmirror_tests::process::{Aggregator, AggregatorConfig, arg, rss_mib};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -28,24 +28,6 @@ use serde_json::json;
 const TARGETS: usize = 200;
 const CONCURRENCY: usize = 16;
 const P: &str = "fleetmirror.io";
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap()
-        / 1024.0
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(default)
-}
 
 fn data(tag: &str) -> BTreeMap<String, String> {
     // ~1 KiB, like a small configuration.

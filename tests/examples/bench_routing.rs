@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetmirror_tests::cluster::ControlPlane;
-use fleetmirror_tests::process::{Aggregator, AggregatorConfig, metric_with};
+use fleetmirror_tests::process::{Aggregator, AggregatorConfig, arg, metric_with, rss_mib};
 use fleetmirror_tests::routing::{Crd, install_crd, virtual_services};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
@@ -27,24 +27,6 @@ use serde_json::json;
 const PROD_SERVICES: usize = 1000;
 const DEVELOPERS: usize = 20;
 const COPIES: usize = 100;
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap()
-        / 1024.0
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(default)
-}
 
 fn percentile(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();

@@ -387,3 +387,23 @@ impl Agent {
         metric(self.admin_port, name)
     }
 }
+
+/// The resident memory of process `pid`, in MiB (benchmarks).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap()
+        / 1024.0
+}
+
+/// The value of command-line option `name` of this process, or `default` (benchmarks).
+pub fn arg(name: &str, default: u64) -> u64 {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(default)
+}

@@ -830,6 +830,43 @@ async fn startup_writes_nothing_when_unchanged_and_removes_a_config_deleted_whil
     .await;
 }
 
+/// Waits at most 10 s for prod's `web-virtual-service` written as `version` (our field
+/// manager's entry in managedFields), validates and judges it.
+async fn written_as(client: &kube::Client, version: &str) {
+    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        "prod",
+        &virtual_services(version),
+    );
+    let vs = eventually(
+        std::time::Duration::from_secs(10),
+        &format!("the VirtualService written as {version}"),
+        || async { api.get_opt("web-virtual-service").await.ok().flatten() },
+    )
+    .await;
+    let vs = serde_json::to_value(vs).unwrap();
+    fleetmirror_tests::routing::validate(std::slice::from_ref(&vs));
+    let want = format!("networking.istio.io/{version}");
+    assert!(
+        vs["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["manager"] == "fleetmirror" && m["apiVersion"] == want.as_str()),
+        "{vs}"
+    );
+    judge(
+        &vs,
+        "web",
+        "prod",
+        "alice",
+        "alice",
+        "nobody",
+        "x-developer",
+        None,
+    );
+}
+
 /// Discovery on a control plane of its own: no VirtualService API at start (the controller
 /// waits, ready), an Istio before 1.22 installed meanwhile (v1beta1 written, seen in
 /// managedFields), the CRD removed (it waits again).
@@ -902,38 +939,7 @@ async fn the_api_version_is_discovered_and_the_crd_may_come_later() {
 
     // Istio before 1.22 installed: within 10 s, v1beta1 is written.
     install_crd(&client, Crd::V1beta1Only).await;
-    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        client.clone(),
-        "prod",
-        &virtual_services("v1beta1"),
-    );
-    let vs = eventually(
-        std::time::Duration::from_secs(10),
-        "the VirtualService written",
-        || async { api.get_opt("web-virtual-service").await.ok().flatten() },
-    )
-    .await;
-    let vs = serde_json::to_value(vs).unwrap();
-    fleetmirror_tests::routing::validate(std::slice::from_ref(&vs));
-    assert!(
-        vs["metadata"]["managedFields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["manager"] == "fleetmirror"
-                && m["apiVersion"] == "networking.istio.io/v1beta1"),
-        "{vs}"
-    );
-    judge(
-        &vs,
-        "web",
-        "prod",
-        "alice",
-        "alice",
-        "nobody",
-        "x-developer",
-        None,
-    );
+    written_as(&client, "v1beta1").await;
     assert_eq!(
         list_routes(&agg, "", "").await.api_version,
         "networking.istio.io/v1beta1"
@@ -956,37 +962,7 @@ async fn the_api_version_is_discovered_and_the_crd_may_come_later() {
     assert_eq!(http_get(agg.admin_port, "/readyz").unwrap().0, 200);
     // Istio >= 1.22 installed: everything is made again, as v1.
     install_crd(&client, Crd::Both).await;
-    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
-        client.clone(),
-        "prod",
-        &virtual_services("v1"),
-    );
-    let vs = eventually(
-        std::time::Duration::from_secs(10),
-        "the VirtualService made again",
-        || async { api.get_opt("web-virtual-service").await.ok().flatten() },
-    )
-    .await;
-    let vs = serde_json::to_value(vs).unwrap();
-    fleetmirror_tests::routing::validate(std::slice::from_ref(&vs));
-    assert!(
-        vs["metadata"]["managedFields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["manager"] == "fleetmirror" && m["apiVersion"] == "networking.istio.io/v1"),
-        "{vs}"
-    );
-    judge(
-        &vs,
-        "web",
-        "prod",
-        "alice",
-        "alice",
-        "nobody",
-        "x-developer",
-        None,
-    );
+    written_as(&client, "v1").await;
     eventually(WAIT, "the v1 watch ready", || async {
         http_get(agg.admin_port, "/readyz?verbose")
             .ok()?

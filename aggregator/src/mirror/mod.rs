@@ -294,7 +294,8 @@ impl std::fmt::Debug for MirrorController {
     }
 }
 
-fn trim_namespace(n: &mut PartialObjectMeta<K8sNamespace>) {
+/// A namespace as the controllers read it: name, labels, deletionTimestamp.
+pub(crate) fn trim_namespace(n: &mut PartialObjectMeta<K8sNamespace>) {
     n.metadata.annotations = None;
     n.metadata.managed_fields = None;
     n.metadata.owner_references = None;

@@ -60,6 +60,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::mirror::kinds::when_listed;
+use crate::mirror::trim_namespace;
 use crate::platform::{Context, EventRecorder, FIELD_MANAGER, Fenced, Term};
 pub use view::{RoutingMetrics, RoutingView};
 
@@ -207,12 +208,6 @@ impl std::fmt::Debug for RoutingController {
             .field("config", &self.config)
             .finish()
     }
-}
-
-fn trim_namespace(n: &mut PartialObjectMeta<Namespace>) {
-    n.metadata.annotations = None;
-    n.metadata.managed_fields = None;
-    n.metadata.owner_references = None;
 }
 
 fn keep_keys(m: &mut Option<BTreeMap<String, String>>) {
