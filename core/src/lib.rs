@@ -8,6 +8,8 @@
 //!   `VClusterHealth` status decisions ([`health::status`]);
 //! * [`status`]: what every controller's status decisions share (Kubernetes-shaped time and
 //!   conditions, write-due rules, Events, backoff);
+//! * [`integrations`]: multi-cluster checks' decisions (component verdicts, the kubeconfig
+//!   policy; the rest of issue #11 is to come);
 //! * [`mirror`]: namespace mirroring's decisions (targets, rendering, transforms, ownership);
 //! * [`routing`]: developer routing's decisions (configs, templates, the pass, the route
 //!   evaluator the tests judge VirtualServices with);
@@ -17,6 +19,7 @@
 //!   conflicts, adoption, garbage collection).
 
 pub mod health;
+pub mod integrations;
 pub mod mirror;
 pub mod mountinfo;
 pub mod naming;
