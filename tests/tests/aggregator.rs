@@ -483,17 +483,51 @@ async fn controllers_select_what_runs() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
-    // A controller this version does not have yet: no watch at all, and a line saying so.
+    // Routing only: its watches (configs, namespaces, Services; the VirtualService watch only
+    // once the API is served), ListRoutes answers, mirror's methods do not.
     let mut cfg = AggregatorConfig::new(&ns);
     cfg.extra_args.push("--controllers=routing".into());
     let routing = Aggregator::start(cp, 0, cfg);
+    let checks = watch_checks(&routing);
+    for w in [
+        "routing-configmaps",
+        "routing-namespaces",
+        "routing-services",
+    ] {
+        assert!(checks.iter().any(|c| c == w), "{checks:?}");
+    }
     assert!(
-        watch_checks(&routing).is_empty(),
+        !checks
+            .iter()
+            .any(|c| c.starts_with("mirror-") || c.starts_with("health-")),
+        "{checks:?}"
+    );
+    let mut d = DiagnosticsClient::new(fleetmirror_tests::channel(&routing.grpc_url()).await);
+    d.list_routes(fleetmirror_proto::v1::ListRoutesRequest::default())
+        .await
+        .expect("ListRoutes answers with routing selected");
+    let e = d
+        .list_mirrors(fleetmirror_proto::v1::ListMirrorsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = DiagnosticsClient::new(fleetmirror_tests::channel(&mirror.grpc_url()).await)
+        .list_routes(fleetmirror_proto::v1::ListRoutesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // A controller this version does not have yet: no watch at all, and a line saying so.
+    let mut cfg = AggregatorConfig::new(&ns);
+    cfg.extra_args.push("--controllers=integrations".into());
+    let integrations = Aggregator::start(cp, 0, cfg);
+    assert!(
+        watch_checks(&integrations).is_empty(),
         "{:?}",
-        watch_checks(&routing)
+        watch_checks(&integrations)
     );
     assert!(
-        routing
+        integrations
             .process
             .log()
             .contains("not part of this version yet")
