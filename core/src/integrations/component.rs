@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 /// The workload kinds a check reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// apps/v1 Deployment.
     Deployment,

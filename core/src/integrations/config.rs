@@ -102,6 +102,15 @@ pub struct CheckConfig {
     pub selector_text: String,
     /// Prometheus with its CRD: the operator's Deployments.
     pub operator_selector: Selector,
+    /// The operator selector as written.
+    pub operator_text: String,
+}
+
+impl CheckConfig {
+    /// The operator selector as written (for messages).
+    pub fn operator_selector_text(&self) -> &str {
+        &self.operator_text
+    }
 }
 
 /// `healthCheckInterval`: `<int><unit>` groups with units `ms s m h` (`30s`, `1m`, `1h30m`), or
@@ -216,6 +225,7 @@ pub fn parse(t: Type, config: &BTreeMap<String, String>) -> Result<CheckConfig, 
         selector: selector("selector", &selector_text)?,
         selector_text,
         operator_selector,
+        operator_text,
     })
 }
 
