@@ -2,7 +2,8 @@
 //! and config ([`config`]), how a component's facts become a verdict and its message
 //! ([`component`]), an Integration's status from its clusters' verdicts ([`rollup`]), and which
 //! kubeconfigs may be used at all ([`kubeconfig`]), and one cluster's check per type: what to
-//! read and the verdict and message ([`cluster`]). The controller that acts on them lives in
+//! read and the verdict and message ([`cluster`]), and the status objects and the Events a status
+//! change calls for ([`status`]). The controller that acts on them lives in
 //! `aggregator/src/integrations/`.
 
 pub mod cluster;
@@ -10,3 +11,4 @@ pub mod component;
 pub mod config;
 pub mod kubeconfig;
 pub mod rollup;
+pub mod status;
