@@ -38,6 +38,7 @@ variants=(
   "--set aggregator.replicas=1 --set aggregator.leaderElect=false --set aggregator.podSource=api"
   "--set aggregator.controllers={health}"
   "--set aggregator.controllers={mirror}"
+  "--set aggregator.controllers={integrations} --set integrations.namespaces={fleet-ops,fleet-dev}"
   "--set mirror.resourceTypes={Secret.v1,ConfigMap.v1} --set mirror.rbac.allResources=false --set-json mirror.rbac.rules=[{\"apiGroups\":[\"\"],\"resources\":[\"secrets\",\"configmaps\"]}]"
   "--set networkPolicy.enabled=false"
   "--set grpc.tls.enabled=true --set grpc.diagnosticsAuth=token"

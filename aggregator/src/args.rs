@@ -34,7 +34,7 @@ pub enum Controller {
     Mirror,
     /// Istio VirtualServices for developer routing (routing.md).
     Routing,
-    /// Integration checks across clusters (integrations.md; not in this version yet).
+    /// Integration checks across clusters (integrations.md).
     Integrations,
 }
 
@@ -53,7 +53,10 @@ impl Controller {
     pub fn built(self) -> bool {
         matches!(
             self,
-            Controller::Health | Controller::Mirror | Controller::Routing
+            Controller::Health
+                | Controller::Mirror
+                | Controller::Routing
+                | Controller::Integrations
         )
     }
 }
@@ -122,8 +125,7 @@ pub struct Args {
     /// The controllers this process runs, comma-separated: `health`, `mirror`, `routing`,
     /// `integrations`. A controller not listed starts no watch and needs none of its RBAC; its
     /// Diagnostics methods answer FAILED_PRECONDITION. gRPC, the admin server, agent reports
-    /// and leader election always run. (This version implements `health`, `mirror` and
-    /// `routing`; `integrations` is accepted and reported as not built yet.)
+    /// and leader election always run.
     #[arg(long, env = "FLEETMIRROR_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Controller::Health, Controller::Mirror, Controller::Routing, Controller::Integrations])]
     pub controllers: Vec<Controller>,
 
@@ -191,7 +193,43 @@ pub struct Args {
     pub routing: RoutingArgs,
 
     #[command(flatten)]
+    pub integrations: IntegrationsArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The integrations controller's flags (integrations.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IntegrationsArgs {
+    /// TCP connect plus TLS handshake to a target cluster.
+    #[arg(long, env = "FLEETMIRROR_CLUSTER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cluster_connect_timeout: Duration,
+
+    /// Deadline of one whole cluster check (its requests run concurrently), and of a target's
+    /// connection test.
+    #[arg(long, env = "FLEETMIRROR_CLUSTER_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub cluster_request_timeout: Duration,
+
+    /// Target clusters being contacted at once (a cluster that does not answer holds one slot
+    /// for at most --cluster-request-timeout).
+    #[arg(
+        long,
+        env = "FLEETMIRROR_INTEGRATION_CONCURRENCY",
+        default_value_t = 16
+    )]
+    pub integration_concurrency: usize,
+
+    /// Connection test (`GET /version`) of each IntegrationTarget this often; failing ones
+    /// every half of it.
+    #[arg(long, env = "FLEETMIRROR_TARGET_PROBE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub target_probe_interval: Duration,
+
+    /// Only Integrations, IntegrationTargets and Secrets in these namespaces (comma-separated)
+    /// are honoured; empty: every namespace. Limits who can make the aggregator contact a
+    /// cluster (whoever can create a target and a Secret in an honoured namespace).
+    #[arg(long, env = "FLEETMIRROR_INTEGRATION_NAMESPACES", default_value = "")]
+    pub integration_namespaces: String,
 }
 
 /// The routing controller's flags (routing.md).

@@ -16,7 +16,8 @@ use fleetmirror_proto::v1::agent_service_server::{AgentService, AgentServiceServ
 use fleetmirror_proto::v1::diagnostics_client::DiagnosticsClient;
 use fleetmirror_proto::v1::diagnostics_server::{Diagnostics, DiagnosticsServer};
 use fleetmirror_proto::v1::{
-    GetMirrorRequest, GetNodeRequest, GetVClusterRequest, ListMirrorsRequest, ListMirrorsResponse,
+    GetIntegrationRequest, GetMirrorRequest, GetNodeRequest, GetVClusterRequest, IntegrationDetail,
+    ListIntegrationsRequest, ListIntegrationsResponse, ListMirrorsRequest, ListMirrorsResponse,
     ListNodesRequest, ListNodesResponse, ListRoutesRequest, ListRoutesResponse,
     ListVClustersRequest, ListVClustersResponse, MirrorSource, NodeDetail, NodeReport, ReportAck,
     VClusterDetail, node_report::Body,
@@ -32,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::args::{Controller, PodSource};
 use crate::auth::{AgentIdentity, Authenticator, DiagnosticsAuth};
 use crate::index::FleetIndex;
+use crate::integrations::IntegrationsView;
 use crate::leader::Holder;
 use crate::metrics::{KindLabel, Metrics};
 use crate::mirror::MirrorView;
@@ -64,6 +66,7 @@ pub struct DiagnosticsService {
     mirror: Arc<MirrorView>,
     /// The routing controller's latest pass (this replica's).
     routing: Arc<RoutingView>,
+    integrations: Arc<IntegrationsView>,
 }
 
 /// Metadata on a call a standby forwarded.
@@ -115,6 +118,7 @@ impl DiagnosticsService {
         forward_tls: Option<tonic::transport::ClientTlsConfig>,
         mirror: Arc<MirrorView>,
         routing: Arc<RoutingView>,
+        integrations: Arc<IntegrationsView>,
     ) -> Self {
         Self {
             index,
@@ -127,6 +131,7 @@ impl DiagnosticsService {
             channel: Default::default(),
             mirror,
             routing,
+            integrations,
         }
     }
 
@@ -390,6 +395,61 @@ impl Diagnostics for DiagnosticsService {
         }))
     }
 
+    async fn list_integrations(
+        &self,
+        request: Request<ListIntegrationsRequest>,
+    ) -> Result<Response<ListIntegrationsResponse>, Status> {
+        self.authorize(&request).await?;
+        self.require(Controller::Integrations)?;
+        // Only the leader contacts targets: a standby forwards.
+        let request = match self.route(request, true)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .list_integrations(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
+        };
+        let r = request.into_inner();
+        if !r.namespace.is_empty() {
+            require_label("namespace", &r.namespace)?;
+        }
+        Ok(Response::new(ListIntegrationsResponse {
+            integrations: self.integrations.list(&r.namespace),
+        }))
+    }
+
+    async fn get_integration(
+        &self,
+        request: Request<GetIntegrationRequest>,
+    ) -> Result<Response<IntegrationDetail>, Status> {
+        self.authorize(&request).await?;
+        self.require(Controller::Integrations)?;
+        let request = match self.route(request, true)? {
+            Route::Here(r) => r,
+            Route::Leader(mut leader, r) => {
+                return leader
+                    .client
+                    .get_integration(r)
+                    .await
+                    .map_err(|e| leader.error(e));
+            }
+        };
+        let r = request.into_inner();
+        let namespace = require_label("namespace", &r.namespace)?;
+        let name = require("name", &r.name)?;
+        fleetmirror_core::naming::validate_dns1123_subdomain(name)
+            .map_err(|e| Status::invalid_argument(format!("name {name:?} {e}")))?;
+        self.integrations
+            .get(namespace, name)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!("no Integration {name} in namespace {namespace}"))
+            })
+    }
+
     async fn get_mirror(
         &self,
         request: Request<GetMirrorRequest>,
@@ -636,6 +696,8 @@ pub struct GrpcServer {
     pub mirror: Arc<MirrorView>,
     /// The routing controller's view (empty unless it runs).
     pub routing: Arc<RoutingView>,
+    /// The integrations controller's view (the leader's; empty unless it runs).
+    pub integrations: Arc<IntegrationsView>,
 }
 
 impl GrpcServer {
@@ -673,6 +735,7 @@ impl GrpcServer {
             self.tls.as_ref().map(|(_, client)| client.clone()),
             self.mirror.clone(),
             self.routing.clone(),
+            self.integrations.clone(),
         );
         let agents = AgentReportService {
             auth: self.auth,

@@ -12,7 +12,9 @@
 //!   watches, leader terms fencing every write, Event recorder, status writer, metrics);
 //! * [`health`]: the fleet-health controller (VClusterHealth status, Diagnostics scores);
 //! * [`mirror`]: the mirror controller (any namespaced kind into other namespaces);
-//!   `routing` and `integrations` get rooms of the same shape as they land;
+//! * [`routing`]: the routing controller (Istio VirtualServices for developer routing);
+//! * [`integrations`]: the integrations controller (Argo CD, Flux, Prometheus, Istio checks
+//!   across clusters);
 //! * [`leader`]: Lease-based leader election; [`metrics`]: Prometheus metrics.
 
 pub mod args;
@@ -21,6 +23,7 @@ pub mod crd;
 pub mod grpc;
 pub mod health;
 pub mod index;
+pub mod integrations;
 pub mod leader;
 pub mod metrics;
 pub mod mirror;

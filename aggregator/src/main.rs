@@ -87,6 +87,11 @@ async fn run() -> anyhow::Result<()> {
     let routing_metrics = controllers
         .contains(&Controller::Routing)
         .then(|| fleetmirror_aggregator::routing::RoutingMetrics::register(&mut registry));
+    let integrations_view =
+        Arc::new(fleetmirror_aggregator::integrations::IntegrationsView::default());
+    let integrations_metrics = controllers
+        .contains(&Controller::Integrations)
+        .then(|| fleetmirror_aggregator::integrations::IntegrationMetrics::register(&mut registry));
     for c in controllers.iter().filter(|c| !c.built()) {
         tracing::warn!(
             controller = c.as_str(),
@@ -133,6 +138,7 @@ async fn run() -> anyhow::Result<()> {
             ready: readiness.register("grpc"),
             mirror: mirror_view.clone(),
             routing: routing_view.clone(),
+            integrations: integrations_view.clone(),
         };
         let token = token.clone();
         tasks.spawn("gRPC server", async move { server.serve(token).await });
@@ -215,6 +221,27 @@ async fn run() -> anyhow::Result<()> {
             readiness.register("routing"),
         );
         tasks.spawn("routing controller", controller.run());
+    }
+    if let Some(metrics) = integrations_metrics {
+        let config =
+            fleetmirror_aggregator::integrations::IntegrationsConfig::from_args(&args.integrations)
+                .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            connect_timeout = ?config.connect_timeout,
+            request_timeout = ?config.request_timeout,
+            concurrency = config.concurrency,
+            probe_interval = ?config.probe_interval,
+            namespaces = %args.integrations.integration_namespaces,
+            "integrations controller"
+        );
+        let controller = fleetmirror_aggregator::integrations::IntegrationsController::new(
+            ctx.clone(),
+            config,
+            integrations_view.clone(),
+            metrics,
+            readiness.register("integrations"),
+        );
+        tasks.spawn("integrations controller", controller.run());
     }
     if args.leader_elect {
         // While its own agents reconnect, a new leader publishes at least the count it

@@ -285,11 +285,14 @@ pub async fn install_crds(client: &kube::Client) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     for crd in fleetmirror_aggregator::crd::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("creating CRD {name}: {e}"),
-        }
+        // Applied, so a control plane kept from an older checkout gets the current schema.
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("fleetmirror-tests").force(),
+            &kube::api::Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
         crate::eventually(
             std::time::Duration::from_secs(30),
             &format!("CRD {name} established"),

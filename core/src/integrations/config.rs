@@ -229,6 +229,51 @@ pub fn parse(t: Type, config: &BTreeMap<String, String>) -> Result<CheckConfig, 
     })
 }
 
+/// One `targetSelector.matchExpressions` entry (`metav1.LabelSelectorRequirement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expression {
+    /// The label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    pub operator: String,
+    /// The values (`In`, `NotIn`: at least one; `Exists`, `DoesNotExist`: none).
+    pub values: Vec<String>,
+}
+
+/// Whether a target's `spec.labels` match `targetSelector` (`matchLabels` and every
+/// expression; an empty selector matches all). An invalid expression is
+/// `invalid config: targetSelector: <why>`.
+pub fn selector_matches(
+    match_labels: &BTreeMap<String, String>,
+    expressions: &[Expression],
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let bad = |why: String| format!("invalid config: targetSelector: {why}");
+    for e in expressions {
+        match (e.operator.as_str(), e.values.is_empty()) {
+            ("In" | "NotIn", true) => {
+                return Err(bad(format!("{} {} needs values", e.key, e.operator)));
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(bad(format!("{} {} takes no values", e.key, e.operator)));
+            }
+            ("In" | "NotIn" | "Exists" | "DoesNotExist", _) => {}
+            (other, _) => return Err(bad(format!("unknown operator {other:?} for {}", e.key))),
+        }
+    }
+    let labels_ok = match_labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = expressions.iter().all(|e| {
+        let v = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => v.is_some_and(|v| e.values.contains(v)),
+            "NotIn" => v.is_none_or(|v| !e.values.contains(v)),
+            "Exists" => v.is_some(),
+            _ => v.is_none(),
+        }
+    });
+    Ok(labels_ok && exprs_ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +372,55 @@ mod tests {
             let e = parse(t, &map(&pairs)).unwrap_err();
             assert!(e.starts_with(want), "{want}: {e}");
         }
+    }
+
+    #[test]
+    fn target_selectors() {
+        let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let e = |k: &str, op: &str, v: &[&str]| Expression {
+            key: k.into(),
+            operator: op.into(),
+            values: v.iter().map(|s| s.to_string()).collect(),
+        };
+        let prod = l(&[("environment", "production"), ("region", "us-east")]);
+        assert_eq!(
+            selector_matches(&l(&[]), &[], &prod),
+            Ok(true),
+            "{{}} matches all"
+        );
+        assert_eq!(
+            selector_matches(&l(&[("environment", "production")]), &[], &prod),
+            Ok(true)
+        );
+        assert_eq!(
+            selector_matches(&l(&[("environment", "staging")]), &[], &prod),
+            Ok(false)
+        );
+        assert_eq!(
+            selector_matches(&l(&[]), &[e("region", "In", &["us-east", "eu"])], &prod),
+            Ok(true)
+        );
+        assert_eq!(
+            selector_matches(&l(&[]), &[e("region", "NotIn", &["us-east"])], &prod),
+            Ok(false)
+        );
+        assert_eq!(
+            selector_matches(&l(&[]), &[e("tier", "DoesNotExist", &[])], &prod),
+            Ok(true)
+        );
+        assert_eq!(
+            selector_matches(&l(&[]), &[e("tier", "Exists", &[])], &prod),
+            Ok(false)
+        );
+        assert_eq!(
+            selector_matches(&l(&[]), &[e("tier", "Near", &[])], &prod),
+            Err("invalid config: targetSelector: unknown operator \"Near\" for tier".into())
+        );
+        assert!(selector_matches(&l(&[]), &[e("tier", "In", &[])], &prod).is_err());
     }
 }

@@ -82,8 +82,8 @@ impl From<&Component> for ComponentStatus {
 pub struct ClusterStatus {
     /// The clusterName.
     pub name: String,
-    /// The IntegrationTarget's object name (empty when none was found).
-    #[serde(default)]
+    /// The IntegrationTarget's object name (absent when none was found).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
     /// Whether its API server answered.
     pub connected: bool,
