@@ -23,6 +23,7 @@
 pub mod cluster;
 pub mod fleet;
 pub mod footprint;
+pub mod integrations;
 pub mod mirror;
 pub mod node;
 pub mod pod;
