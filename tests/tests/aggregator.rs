@@ -346,6 +346,40 @@ async fn one_of_two_aggregators_leads_and_the_standby_takes_over_when_it_dies() 
         Code::NotFound,
         "the leader's answer, passed on: {err}"
     );
+    // Only the leader contacts target clusters and knows their results: a standby forwards
+    // the integration calls (its own view is empty).
+    fleetmirror_tests::cluster::install_crds(&client).await;
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &fleetmirror_tests::integrations::integrations(),
+    )
+    .create(
+        &Default::default(),
+        &serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleetmirror.io/v1alpha1", "kind": "Integration",
+            "metadata": {"name": "no-targets"}, "spec": {"type": "flux"}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let detail = eventually(
+        WAIT,
+        "the standby answers with the leader's Integration",
+        || async {
+            standby_diag
+                .clone()
+                .get_integration(fleetmirror_proto::v1::GetIntegrationRequest {
+                    namespace: ns.clone(),
+                    name: "no-targets".into(),
+                })
+                .await
+                .ok()
+        },
+    )
+    .await
+    .into_inner();
+    assert_eq!(detail.integration.unwrap().phase, "Failed");
     // A call marked as forwarded is never forwarded again (no loops while leadership moves).
     let mut marked = tonic::Request::new(ListNodesRequest::default());
     marked
@@ -517,21 +551,37 @@ async fn controllers_select_what_runs() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
-    // A controller this version does not have yet: no watch at all, and a line saying so.
+    // Integrations only: its watches (Integrations, IntegrationTargets, Secret metadata), its
+    // Diagnostics answer, routing's do not.
+    // (Leading alone: a standby would forward to the health-only leader above.)
     let mut cfg = AggregatorConfig::new(&ns);
-    cfg.extra_args.push("--controllers=integrations".into());
+    cfg.extra_args.extend([
+        "--controllers=integrations".into(),
+        "--leader-elect=false".into(),
+    ]);
     let integrations = Aggregator::start(cp, 0, cfg);
-    assert!(
-        watch_checks(&integrations).is_empty(),
-        "{:?}",
-        watch_checks(&integrations)
+    assert_eq!(
+        watch_checks(&integrations),
+        [
+            "integrations-integrations",
+            "integrations-secrets",
+            "integrations-targets"
+        ]
     );
-    assert!(
-        integrations
-            .process
-            .log()
-            .contains("not part of this version yet")
-    );
+    let mut d = DiagnosticsClient::new(fleetmirror_tests::channel(&integrations.grpc_url()).await);
+    d.list_integrations(fleetmirror_proto::v1::ListIntegrationsRequest::default())
+        .await
+        .expect("ListIntegrations answers with integrations selected");
+    let e = d
+        .list_routes(fleetmirror_proto::v1::ListRoutesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = DiagnosticsClient::new(fleetmirror_tests::channel(&routing.grpc_url()).await)
+        .list_integrations(fleetmirror_proto::v1::ListIntegrationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
     // An unknown name refuses to start, saying which names exist.
     let mut p = fleetmirror_tests::process::Process::spawn(
