@@ -454,3 +454,63 @@ pub fn ready(status: &Value) -> (String, String, String) {
         })
         .unwrap_or_default()
 }
+
+/// Installs the test-only Prometheus operator CRDs (`tests/crds/prometheus-operator.yaml`) on
+/// `client`'s cluster and waits until `prometheuses` is served.
+pub async fn install_prometheus_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let path = crate::repo_root().join("tests/crds/prometheus-operator.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("fleetmirror-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+    eventually(WAIT, "the Prometheus operator's API served", || async {
+        client
+            .list_api_group_resources("monitoring.coreos.com/v1")
+            .await
+            .ok()
+            .filter(|l| {
+                ["prometheuses", "alertmanagers"]
+                    .iter()
+                    .all(|r| l.resources.iter().any(|x| x.name == *r))
+            })
+    })
+    .await;
+}
+
+/// A `Prometheus` (or `Alertmanager`, per `ar`) `name` in `ns` whose `Available` condition is
+/// `available`.
+pub async fn monitoring_resource(
+    w: &World,
+    i: usize,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+    available: &str,
+) {
+    w.apply(
+        i,
+        ar,
+        json!({"metadata": {"name": name, "namespace": ns}, "spec": {"replicas": 2}}),
+    )
+    .await;
+    w.set_status(
+        i,
+        ar,
+        ns,
+        name,
+        json!({"replicas": 2, "availableReplicas": if available == "True" { 2 } else { 0 },
+               "conditions": [{"type": "Available", "status": available, "reason": "Test",
+                               "message": if available == "True" { "" } else { "0/2 pods ready" }}]}),
+    )
+    .await;
+}

@@ -719,3 +719,69 @@ async fn a_ksit_manifest_and_the_target_selector() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_by_the_operators_resources() {
+    use fleetmirror_tests::integrations::{install_prometheus_crds, monitoring_resource};
+    use fleetmirror_tests::mirror::ar;
+    let w = World::new().await;
+    install_prometheus_crds(&w.clients[1]).await;
+    let prom = ar("monitoring.coreos.com", "v1", "Prometheus", "prometheuses");
+    let am = ar(
+        "monitoring.coreos.com",
+        "v1",
+        "Alertmanager",
+        "alertmanagers",
+    );
+    w.ready_target("a", 1, json!({})).await;
+    let mon = w.namespace(1, "monitoring").await;
+    monitoring_resource(&w, 1, &prom, &mon, "k8s", "True").await;
+    monitoring_resource(&w, 1, &am, &mon, "main", "True").await;
+    deployment(
+        &w,
+        1,
+        &mon,
+        "prometheus-operator",
+        json!({"app.kubernetes.io/name": "prometheus-operator"}),
+        1,
+        1,
+    )
+    .await;
+    w.integration(
+        "prometheus",
+        json!({"type": "prometheus", "targetClusters": ["a"], "config": {"namespace": mon, "healthCheckInterval": "5s"}}),
+    )
+    .await;
+    let _agg = w.start(&[]);
+    let o = w
+        .wait(&integrations(), "prometheus", "Running", |s| {
+            phase(s) == "Running"
+        })
+        .await;
+    let kinds: Vec<(&str, &str)> = o["status"]["clusterStatuses"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Prometheus", "k8s"),
+            ("Alertmanager", "main"),
+            ("Deployment", "prometheus-operator")
+        ]
+    );
+    // Available=False: Failed, and the component says why.
+    monitoring_resource(&w, 1, &prom, &mon, "k8s", "False").await;
+    let o = w
+        .wait(&integrations(), "prometheus", "Failed", |s| {
+            phase(s) == "Failed"
+        })
+        .await;
+    assert_eq!(message(&o["status"]), "no Prometheus pods are running on a");
+    assert_eq!(
+        o["status"]["clusterStatuses"][0]["components"][0]["message"],
+        "Prometheus k8s is not available on a: 0/2 pods ready"
+    );
+}
