@@ -51,7 +51,10 @@ export PATH=$TOOLS:$PATH
 
 step "control plane (the first run builds kube-apiserver: about 5-10 minutes)"
 export FLEETMIRROR_CP_DIR=$DIR/control-plane
-KUBECONFIG=$(scripts/control-plane.sh up --clusters 1 | tail -n1)
+# Two clusters: 0 is the host cluster, 1 the "prod-east" cluster the integration check reads.
+scripts/control-plane.sh up --clusters 2 >/dev/null
+KUBECONFIG=$(scripts/control-plane.sh kubeconfig 0)
+EAST=$(scripts/control-plane.sh kubeconfig 1)
 export KUBECONFIG
 
 if [ -n "${FLEETMIRROR_BIN_DIR:-}" ]; then
@@ -77,6 +80,7 @@ trap 'exit 130' INT TERM
 step "CRDs, sample fleet and two vClusters' host footprint"
 kubectl apply --server-side --field-manager=fleetmirror-demo -f deploy/crds/ >/dev/null
 kubectl wait --for=condition=Established crd/vclusterhealths.fleetmirror.io --timeout=60s >/dev/null
+kubectl wait --for=condition=Established crd/integrations.fleetmirror.io crd/integrationtargets.fleetmirror.io --timeout=60s >/dev/null
 kubectl create namespace fleetmirror-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -f examples/sample-fleet.yaml >/dev/null
 kubectl apply -f fleet.yaml >/dev/null
@@ -96,6 +100,31 @@ set_status team-alpha coredns-7d6b9c5f4-q8x2m-x-kube-system-x-alpha True
 set_status team-alpha web-0-x-default-x-alpha True
 set_status team-beta beta-6b8f9d7c5-k2j4n False
 set_status team-beta coredns-5c9f7b8d6-w7p3z-x-kube-system-x-beta True
+
+step "a second cluster, prod-east: Argo CD's footprint and a read-only identity (deploy/target-cluster-rbac.yaml)"
+kubectl --kubeconfig "$EAST" apply -f examples/argocd-footprint.yaml >/dev/null
+settle() { # kind name replicas
+  kubectl --kubeconfig "$EAST" -n argocd patch "$1" "$2" --subresource=status --type=merge \
+    -p "{\"status\":{\"observedGeneration\":1,\"replicas\":$3,\"updatedReplicas\":$3,\"readyReplicas\":$3,\"availableReplicas\":$3}}" >/dev/null
+}
+settle deployment argocd-server 2
+settle deployment argocd-repo-server 1
+settle deployment argocd-redis 1
+settle statefulset argocd-application-controller 1
+kubectl --kubeconfig "$EAST" apply -f deploy/target-cluster-rbac.yaml >/dev/null
+EAST_TOKEN=$(kubectl --kubeconfig "$EAST" -n fleetmirror-system create token fleetmirror-reader --duration 24h)
+EAST_SERVER=$(kubectl --kubeconfig "$EAST" config view -o jsonpath='{.clusters[0].cluster.server}')
+EAST_CA=$(base64 -w0 <"$(kubectl --kubeconfig "$EAST" config view -o jsonpath='{.clusters[0].cluster.certificate-authority}')")
+kubectl apply -f examples/integrations.yaml >/dev/null
+# The kubeconfig users build (README "Registering a cluster"): inline CA and token only.
+kubectl -n fleet-ops create secret generic prod-east-kubeconfig --from-file=kubeconfig=/dev/stdin >/dev/null <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: prod-east, cluster: {server: "$EAST_SERVER", certificate-authority-data: "$EAST_CA"}}]
+users: [{name: reader, user: {token: "$EAST_TOKEN"}}]
+contexts: [{name: prod-east, context: {cluster: prod-east, user: reader}}]
+current-context: prod-east
+EOF
 
 step "a temporary node: its Node object, and kubelet pod directories for every pod on $NODE"
 kubectl apply -f - >/dev/null <<EOF
@@ -168,6 +197,8 @@ mirrored() { [ "$(kubectl get secret -A -l fleetmirror.io/mirror=true -o name | 
 wait_for "the sample Secret mirrored into team-alpha and team-beta" mirrored
 routed() { [ "$(kubectl get virtualservice -n shop-prod shop-virtual-service -o jsonpath='{range .spec.http[*]}{.name} {end}' 2>/dev/null)" = "dev-dev-alice dev-dev-carol dev-dev-alice-baggage dev-dev-carol-baggage default " ]; }
 wait_for "the VirtualService of the sample Service shop" routed
+checked() { [ "$(kubectl get integration -n fleet-ops argocd-prod -o jsonpath='{.status.phase}')" = Running ]; }
+wait_for "the integration check of prod-east" checked
 
 A=127.0.0.1:$GRPC_PORT
 cat <<EOF
@@ -201,6 +232,11 @@ $(kubectl get virtualservice -n shop-prod shop-virtual-service -o yaml | sed -n 
 Its routes (grpcurl -plaintext -d '{"namespace":"shop-prod"}' $A fleetmirror.v1.Diagnostics/ListRoutes):
 $(grpcurl -plaintext -d '{"namespace":"shop-prod"}' "$A" fleetmirror.v1.Diagnostics/ListRoutes | sed 's/^/  /')
 
+The second cluster, checked (kubectl -n fleet-ops get it,integrations):
+$(kubectl -n fleet-ops get it,integrations | sed 's/^/  /')
+Every component (grpcurl -plaintext -d '{"namespace":"fleet-ops","name":"argocd-prod"}' $A fleetmirror.v1.Diagnostics/GetIntegration):
+$(grpcurl -plaintext -d '{"namespace":"fleet-ops","name":"argocd-prod"}' "$A" fleetmirror.v1.Diagnostics/GetIntegration | sed 's/^/  /')
+
 Services the aggregator serves (server reflection, no .proto files):
 $(grpcurl -plaintext "$A" list | sed 's/^/  /')
 
@@ -227,6 +263,8 @@ Try:
   kubectl create namespace team-gamma                                   # ... and it gets its mirror
   kubectl label namespace dev-bob fleetmirror.io/developer=true; kubectl -n dev-bob delete service shop
   kubectl -n dev-bob create service clusterip shop --tcp=80               # dev-bob's real copy gets a route
+  kubectl --kubeconfig $EAST -n argocd scale deployment argocd-server --replicas=3   # prod-east degrades (nothing scales it here)
+  kubectl -n fleet-ops describe integration argocd-prod                 # ClusterUnhealthy / ClusterRecovered Events
 EOF
 
 if [ "$check" = 1 ]; then
@@ -245,6 +283,10 @@ if [ "$check" = 1 ]; then
     || die "dev-bob has no placeholder for shop"
   grpcurl -plaintext -d '{"namespace":"shop-prod"}' "$A" fleetmirror.v1.Diagnostics/ListRoutes | grep -q '"state": "Synced"' \
     || die "ListRoutes does not show shop Synced"
+  [ "$(kubectl get integrationtarget -n fleet-ops prod-east -o jsonpath='{.status.ready}')" = true ] \
+    || die "the IntegrationTarget prod-east is not ready"
+  grpcurl -plaintext -d '{"namespace":"fleet-ops","name":"argocd-prod"}' "$A" fleetmirror.v1.Diagnostics/GetIntegration \
+    | grep -q '"message": "ArgoCD is healthy on prod-east"' || die "GetIntegration does not show prod-east healthy"
   echo "demo check: ok"
   exit 0
 fi

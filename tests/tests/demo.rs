@@ -77,6 +77,11 @@ fn demo_starts_everything_and_shows_it() {
         stdout.contains("\"apiVersion\": \"networking.istio.io/v1\""),
         "ListRoutes is shown:\n{log}"
     );
+    assert!(
+        stdout.contains("\"message\": \"ArgoCD is healthy on prod-east\"")
+            && stdout.contains("argocd-application-controller"),
+        "GetIntegration shows the second cluster checked:\n{log}"
+    );
     assert!(stdout.contains("demo check: ok"), "{log}");
     assert!(!dir.exists(), "the demo cleans up after itself");
 }
