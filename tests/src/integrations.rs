@@ -111,6 +111,41 @@ pub fn kubeconfig_text(server: &str, ca_data: Option<&str>, user: &str) -> Strin
     )
 }
 
+/// Applies `object` (of kind `ar`, namespaced) on `client`'s cluster; returns what is stored.
+pub async fn apply_on(client: &kube::Client, ar: &ApiResource, mut object: Value) -> Value {
+    object["apiVersion"] = json!(ar.api_version);
+    object["kind"] = json!(ar.kind);
+    let ns = object["metadata"]["namespace"].as_str().unwrap().to_owned();
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let o = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar)
+        .patch(
+            &name,
+            &PatchParams::apply("fleetmirror-tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {ns}/{name}: {e}", ar.kind));
+    serde_json::to_value(o).unwrap()
+}
+
+/// Writes `status` into an object (as its controller would).
+pub async fn set_status_on(
+    client: &kube::Client,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+    status: Value,
+) {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("status of {} {ns}/{name}: {e}", ar.kind));
+}
+
 impl World {
     /// A fresh world: `<id>-ops` on cluster 0, the reader RBAC on both clusters.
     pub async fn new() -> World {
@@ -186,20 +221,7 @@ impl World {
         if object["metadata"]["namespace"].is_null() {
             object["metadata"]["namespace"] = json!(self.ops);
         }
-        object["apiVersion"] = json!(ar.api_version);
-        object["kind"] = json!(ar.kind);
-        let ns = object["metadata"]["namespace"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let o = self
-            .api(i, ar, &ns)
-            .patch(
-                &name,
-                &PatchParams::apply("fleetmirror-tests").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("applying {} {ns}/{name}: {e}", ar.kind));
-        serde_json::to_value(o).unwrap()
+        apply_on(&self.clients[i], ar, object).await
     }
 
     /// Deletes an object of cluster `i` (absent is fine).
@@ -209,25 +231,6 @@ impl World {
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => panic!("deleting {} {ns}/{name}: {e}", ar.kind),
         }
-    }
-
-    /// Writes `status` into an object of cluster `i` (as its controller would).
-    pub async fn set_status(
-        &self,
-        i: usize,
-        ar: &ApiResource,
-        ns: &str,
-        name: &str,
-        status: Value,
-    ) {
-        self.api(i, ar, ns)
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("status of {} {ns}/{name}: {e}", ar.kind));
     }
 
     /// The Secret `name` in `<id>-ops` holding `kubeconfig` under `key`.
@@ -344,8 +347,7 @@ impl World {
 
 /// A Deployment `name` in `ns` with `replicas` of which `available` are available, settled.
 pub async fn deployment(
-    w: &World,
-    i: usize,
+    client: &kube::Client,
     ns: &str,
     name: &str,
     labels: Value,
@@ -356,9 +358,8 @@ pub async fn deployment(
     let selector = json!({"app": name});
     let mut pod_labels = labels.clone();
     pod_labels["app"] = json!(name);
-    let o = w
-        .apply(
-            i,
+    let o = apply_on(
+            client,
             &deploy,
             json!({"metadata": {"name": name, "namespace": ns, "labels": labels},
                    "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
@@ -367,8 +368,8 @@ pub async fn deployment(
         )
         .await;
     let generation = o["metadata"]["generation"].as_i64().unwrap();
-    w.set_status(
-        i,
+    set_status_on(
+        client,
         &deploy,
         ns,
         name,
@@ -379,11 +380,10 @@ pub async fn deployment(
 }
 
 /// A StatefulSet like [`deployment`] (readyReplicas, as a 1.20 server reports).
-pub async fn statefulset(w: &World, i: usize, ns: &str, name: &str, replicas: i64, ready: i64) {
+pub async fn statefulset(client: &kube::Client, ns: &str, name: &str, replicas: i64, ready: i64) {
     let sts = ar("apps", "v1", "StatefulSet", "statefulsets");
-    let o = w
-        .apply(
-            i,
+    let o = apply_on(
+            client,
             &sts,
             json!({"metadata": {"name": name, "namespace": ns},
                    "spec": {"replicas": replicas, "serviceName": name, "selector": {"matchLabels": {"app": name}},
@@ -392,8 +392,8 @@ pub async fn statefulset(w: &World, i: usize, ns: &str, name: &str, replicas: i6
         )
         .await;
     let generation = o["metadata"]["generation"].as_i64().unwrap();
-    w.set_status(
-        i,
+    set_status_on(
+        client,
         &sts,
         ns,
         name,
@@ -404,14 +404,14 @@ pub async fn statefulset(w: &World, i: usize, ns: &str, name: &str, replicas: i6
 }
 
 /// Endpoints `argocd-server` in `ns`, ready or not.
-pub async fn argocd_endpoints(w: &World, i: usize, ns: &str, ready: bool) {
+pub async fn argocd_endpoints(client: &kube::Client, ns: &str, ready: bool) {
     let key = if ready {
         "addresses"
     } else {
         "notReadyAddresses"
     };
-    w.apply(
-        i,
+    apply_on(
+        client,
         &ar("", "v1", "Endpoints", "endpoints"),
         json!({"metadata": {"name": "argocd-server", "namespace": ns},
                "subsets": [{key: [{"ip": "10.1.2.3"}], "ports": [{"port": 8080}]}]}),
@@ -420,12 +420,12 @@ pub async fn argocd_endpoints(w: &World, i: usize, ns: &str, ready: bool) {
 }
 
 /// Argo CD's footprint in `ns` of cluster `i`: every required component healthy.
-pub async fn argocd(w: &World, i: usize, ns: &str) {
+pub async fn argocd(client: &kube::Client, ns: &str) {
     for d in ["argocd-server", "argocd-repo-server", "argocd-redis"] {
-        deployment(w, i, ns, d, json!({}), 1, 1).await;
+        deployment(client, ns, d, json!({}), 1, 1).await;
     }
-    statefulset(w, i, ns, "argocd-application-controller", 1, 1).await;
-    argocd_endpoints(w, i, ns, true).await;
+    statefulset(client, ns, "argocd-application-controller", 1, 1).await;
+    argocd_endpoints(client, ns, true).await;
 }
 
 /// The cluster entries of a status: (name, state, reason, message).
@@ -490,21 +490,20 @@ pub async fn install_prometheus_crds(client: &kube::Client) {
 /// A `Prometheus` (or `Alertmanager`, per `ar`) `name` in `ns` whose `Available` condition is
 /// `available`.
 pub async fn monitoring_resource(
-    w: &World,
-    i: usize,
+    client: &kube::Client,
     ar: &ApiResource,
     ns: &str,
     name: &str,
     available: &str,
 ) {
-    w.apply(
-        i,
+    apply_on(
+        client,
         ar,
         json!({"metadata": {"name": name, "namespace": ns}, "spec": {"replicas": 2}}),
     )
     .await;
-    w.set_status(
-        i,
+    set_status_on(
+        client,
         ar,
         ns,
         name,

@@ -209,8 +209,8 @@ async fn argocd_on_two_clusters_failing_and_recovering() {
     assert_eq!(w.namespace(0, "argocd").await, ns);
     w.ready_target("a", 1, json!({})).await;
     w.ready_target("b", 0, json!({})).await;
-    argocd(&w, 1, &ns).await;
-    argocd(&w, 0, &ns).await;
+    argocd(&w.clients[1], &ns).await;
+    argocd(&w.clients[0], &ns).await;
     w.integration(
         "argocd-prod",
         json!({"type": "argocd", "targetClusters": ["a", "b"], "config": {"namespace": ns, "healthCheckInterval": "5s"}}),
@@ -264,7 +264,7 @@ async fn argocd_on_two_clusters_failing_and_recovering() {
     );
 
     // a's server has nothing available: Failed with a's message, both clusters listed.
-    deployment(&w, 1, &ns, "argocd-server", json!({}), 1, 0).await;
+    deployment(&w.clients[1], &ns, "argocd-server", json!({}), 1, 0).await;
     let o = w
         .wait(&integrations(), "argocd-prod", "a failing", |s| {
             phase(s) == "Failed"
@@ -289,15 +289,15 @@ async fn argocd_on_two_clusters_failing_and_recovering() {
     assert_eq!(c[1].1, "Healthy");
 
     // No ready endpoint: KSIT's message.
-    deployment(&w, 1, &ns, "argocd-server", json!({}), 1, 1).await;
-    argocd_endpoints(&w, 1, &ns, false).await;
+    deployment(&w.clients[1], &ns, "argocd-server", json!({}), 1, 1).await;
+    argocd_endpoints(&w.clients[1], &ns, false).await;
     w.wait(&integrations(), "argocd-prod", "no endpoints", |s| {
         message(s) == "ArgoCD server service has no endpoints on a"
     })
     .await;
 
     // Recovered: Running again, and said.
-    argocd_endpoints(&w, 1, &ns, true).await;
+    argocd_endpoints(&w.clients[1], &ns, true).await;
     w.wait(&integrations(), "argocd-prod", "recovered", |s| {
         phase(s) == "Running"
     })
@@ -360,7 +360,7 @@ async fn clusters_that_cannot_be_checked_say_why_and_never_hold_the_others() {
     let w = World::new().await;
     let ns = w.namespace(1, "argocd").await;
     w.ready_target("good", 1, json!({})).await;
-    argocd(&w, 1, &ns).await;
+    argocd(&w.clients[1], &ns).await;
     let refused = format!("https://127.0.0.1:{}", free_port());
     let hanging = format!("https://127.0.0.1:{}", hanging_listener());
     for (name, server, user) in [
@@ -454,7 +454,7 @@ async fn disabled_no_targets_invalid_config_and_intervals() {
     let w = World::new().await;
     let ns = w.namespace(1, "argocd").await;
     w.ready_target("a", 1, json!({})).await;
-    argocd(&w, 1, &ns).await;
+    argocd(&w.clients[1], &ns).await;
     w.integration(
         "off",
         json!({"type": "flux", "enabled": false, "targetClusters": ["a"]}),
@@ -549,14 +549,22 @@ async fn flux_istio_prometheus_and_workloads_are_judged_per_component() {
     let w = World::new().await;
     w.ready_target("a", 1, json!({})).await;
     let flux = w.namespace(1, "flux").await;
-    deployment(&w, 1, &flux, "helm-controller", json!({}), 1, 1).await;
+    deployment(&w.clients[1], &flux, "helm-controller", json!({}), 1, 1).await;
     let mesh = w.namespace(1, "mesh").await;
-    deployment(&w, 1, &mesh, "istiod-1-22", json!({"app": "istiod"}), 1, 1).await;
+    deployment(
+        &w.clients[1],
+        &mesh,
+        "istiod-1-22",
+        json!({"app": "istiod"}),
+        1,
+        1,
+    )
+    .await;
     let mon = w.namespace(1, "monitoring").await;
-    deployment(&w, 1, &mon, "unrelated", json!({}), 1, 1).await;
+    deployment(&w.clients[1], &mon, "unrelated", json!({}), 1, 1).await;
     let shop = w.namespace(1, "shop").await;
-    deployment(&w, 1, &shop, "web", json!({"tier": "web"}), 2, 2).await;
-    statefulset(&w, 1, &shop, "db", 1, 1).await;
+    deployment(&w.clients[1], &shop, "web", json!({"tier": "web"}), 2, 2).await;
+    statefulset(&w.clients[1], &shop, "db", 1, 1).await;
     let none = w.ns("absent");
     for (name, spec) in [
         (
@@ -632,7 +640,7 @@ async fn flux_istio_prometheus_and_workloads_are_judged_per_component() {
         )
     );
     // One of the workloads degrades: judged per component.
-    deployment(&w, 1, &shop, "web", json!({"tier": "web"}), 2, 1).await;
+    deployment(&w.clients[1], &shop, "web", json!({"tier": "web"}), 2, 1).await;
     let o = w
         .wait(&integrations(), "web", "web degraded", |s| {
             s["conditions"].as_array().is_some_and(|c| {
@@ -659,8 +667,8 @@ async fn a_ksit_manifest_and_the_target_selector() {
     let w = World::new().await;
     let ns = w.namespace(1, "argocd").await;
     assert_eq!(w.namespace(0, "argocd").await, ns);
-    argocd(&w, 1, &ns).await;
-    argocd(&w, 0, &ns).await;
+    argocd(&w.clients[1], &ns).await;
+    argocd(&w.clients[0], &ns).await;
     w.ready_target("east", 1, json!({"environment": "production"}))
         .await;
     w.ready_target("west", 0, json!({"environment": "staging"}))
@@ -735,11 +743,10 @@ async fn prometheus_by_the_operators_resources() {
     );
     w.ready_target("a", 1, json!({})).await;
     let mon = w.namespace(1, "monitoring").await;
-    monitoring_resource(&w, 1, &prom, &mon, "k8s", "True").await;
-    monitoring_resource(&w, 1, &am, &mon, "main", "True").await;
+    monitoring_resource(&w.clients[1], &prom, &mon, "k8s", "True").await;
+    monitoring_resource(&w.clients[1], &am, &mon, "main", "True").await;
     deployment(
-        &w,
-        1,
+        &w.clients[1],
         &mon,
         "prometheus-operator",
         json!({"app.kubernetes.io/name": "prometheus-operator"}),
@@ -773,7 +780,7 @@ async fn prometheus_by_the_operators_resources() {
         ]
     );
     // Available=False: Failed, and the component says why.
-    monitoring_resource(&w, 1, &prom, &mon, "k8s", "False").await;
+    monitoring_resource(&w.clients[1], &prom, &mon, "k8s", "False").await;
     let o = w
         .wait(&integrations(), "prometheus", "Failed", |s| {
             phase(s) == "Failed"

@@ -29,6 +29,9 @@ pub struct TargetClient {
     pub server: String,
     /// Distinguishes rebuilt clients (a new one re-checks the target's pairs).
     pub id: u64,
+    /// The EndpointSlice version the cluster serves, once known (0: unknown, 1: v1,
+    /// 2: v1beta1), so a check asks once, not every time.
+    slices: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl std::fmt::Debug for TargetClient {
@@ -113,6 +116,7 @@ pub async fn build(
         client,
         server: endpoint.server.clone(),
         id: CLIENT_IDS.fetch_add(1, Ordering::Relaxed),
+        slices: Default::default(),
     })
 }
 
@@ -278,6 +282,7 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
 /// answered at all.
 struct Reader<'a> {
     client: &'a kube::Client,
+    slices: &'a std::sync::atomic::AtomicU8,
     ns: &'a str,
     deadline: Duration,
     requests: &'a AtomicU64,
@@ -354,24 +359,15 @@ impl Reader<'_> {
     /// has none, from its Endpoints.
     async fn argocd_endpoints(&self) -> Result<bool, Failure> {
         let selector = "kubernetes.io/service-name=argocd-server";
-        let mut slices = self
-            .list(
-                &ar("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
-                selector,
-            )
-            .await?;
+        let slice_ar = |v: &str| ar("discovery.k8s.io", v, "EndpointSlice", "endpointslices");
+        let mut slices = None;
+        if self.slices.load(Ordering::Relaxed) != 2 {
+            slices = self.list(&slice_ar("v1"), selector).await?;
+            self.slices
+                .store(if slices.is_some() { 1 } else { 2 }, Ordering::Relaxed);
+        }
         if slices.is_none() {
-            slices = self
-                .list(
-                    &ar(
-                        "discovery.k8s.io",
-                        "v1beta1",
-                        "EndpointSlice",
-                        "endpointslices",
-                    ),
-                    selector,
-                )
-                .await?;
+            slices = self.list(&slice_ar("v1beta1"), selector).await?;
         }
         let slices = slices.unwrap_or_default();
         if !slices.is_empty() {
@@ -409,7 +405,7 @@ pub struct CheckResult {
 /// Checks `cluster` through `client` for an Integration of type `t` with `cfg`: every read at
 /// once, one more (the namespace) only when nothing was found; bounded by `deadline`.
 pub async fn check(
-    client: &kube::Client,
+    client: &TargetClient,
     t: Type,
     cfg: &CheckConfig,
     cluster: &str,
@@ -418,7 +414,8 @@ pub async fn check(
     let requests = AtomicU64::new(0);
     let answered = std::sync::atomic::AtomicBool::new(false);
     let reader = Reader {
-        client,
+        client: &client.client,
+        slices: &client.slices,
         ns: &cfg.namespace,
         deadline,
         requests: &requests,
@@ -437,11 +434,25 @@ pub async fn check(
 }
 
 async fn observe(r: &Reader<'_>, t: Type, cfg: &CheckConfig) -> Result<Observed, Failure> {
-    let reads = cluster::requests(t, cfg);
+    let fallback = cluster::fallback(t);
+    let mut reads = cluster::requests(t, cfg);
+    // A fallback read waits for its first read (fewer requests; latency only in that mode).
+    reads.retain(|q| fallback.as_ref().is_none_or(|(_, then)| q != then));
     let mut o = Observed::default();
     let results = futures::future::join_all(reads.iter().map(|q| read(r, q, cfg))).await;
-    for (q, res) in reads.iter().zip(results) {
-        match (q, res?) {
+    let mut results: Vec<(Request, Result<Read, Failure>)> =
+        reads.into_iter().zip(results).collect();
+    if let Some((first, then)) = fallback {
+        let found = results
+            .iter()
+            .any(|(q, res)| *q == first && matches!(res, Ok(Read::Object(Some(_)))));
+        if !found {
+            let res = read(r, &then, cfg).await;
+            results.push((then, res));
+        }
+    }
+    for (q, res) in results {
+        match (&q, res?) {
             (Request::Get(k, n), Read::Object(v)) => {
                 o.named.insert((*k, n.clone()), v);
             }

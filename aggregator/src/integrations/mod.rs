@@ -1020,7 +1020,7 @@ impl IntegrationsController {
                         let tx = &tx;
                         async move {
                             let started = Instant::now();
-                            let result = client::check(&c.client, t, &cfg, &pair.1, deadline).await;
+                            let result = client::check(c, t, &cfg, &pair.1, deadline).await;
                             let _ = tx.send(Msg::Checked {
                                 pair,
                                 type_: t.as_str(),

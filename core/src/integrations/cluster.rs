@@ -89,7 +89,21 @@ pub struct ClusterCheck {
     pub components: Vec<Component>,
 }
 
-/// The reads of a check of type `t`.
+/// A read issued only when another one found nothing: Argo CD's application controller as a
+/// Deployment (its optional mode) when there is no such StatefulSet. Returns (the first read,
+/// the fallback).
+pub fn fallback(t: Type) -> Option<(Request, Request)> {
+    let c = "argocd-application-controller";
+    (t == Type::ArgoCd).then(|| {
+        (
+            Request::Get(Kind::StatefulSet, c.into()),
+            Request::Get(Kind::Deployment, c.into()),
+        )
+    })
+}
+
+/// The reads of a check of type `t` (a [`fallback`] read included: the caller issues it only
+/// when its first read found nothing).
 pub fn requests(t: Type, cfg: &CheckConfig) -> Vec<Request> {
     let get = |k: Kind, n: &str| Request::Get(k, n.to_owned());
     match t {
@@ -538,6 +552,11 @@ mod tests {
     fn argocd_keeps_ksits_messages() {
         let c = cfg(Type::ArgoCd, &[]);
         assert_eq!(requests(Type::ArgoCd, &c).len(), 9);
+        let (first, then) = fallback(Type::ArgoCd).unwrap();
+        assert!(
+            requests(Type::ArgoCd, &c).contains(&first)
+                && requests(Type::ArgoCd, &c).contains(&then)
+        );
         let r = evaluate(Type::ArgoCd, &c, "prod-east", &argocd(1, true));
         assert_eq!(
             (r.state, r.message.as_str()),
