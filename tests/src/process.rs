@@ -305,13 +305,18 @@ pub fn metric(admin_port: u16, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The value of the first sample of metric `name` whose labels contain `label` (0 when absent).
-pub fn metric_with(admin_port: u16, name: &str, label: &str) -> f64 {
+/// The value of the first sample of metric `name` whose labels contain `label`; `None` when
+/// there is no such series.
+pub fn metric_sample(admin_port: u16, name: &str, label: &str) -> Option<f64> {
     let (_, body) = http_get(admin_port, "/metrics").unwrap();
     body.lines()
         .find(|l| l.starts_with(name) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// Like [`metric_sample`], 0 when absent (for counters, which appear at their first count).
+pub fn metric_with(admin_port: u16, name: &str, label: &str) -> f64 {
+    metric_sample(admin_port, name, label).unwrap_or(0.0)
 }
 
 fn wait_ready(process: &mut Process, admin_port: u16) {

@@ -11,7 +11,7 @@ use fleetmirror_tests::integrations::{
     World, argocd, argocd_endpoints, clusters, deployment, inline_kubeconfig, integrations,
     kubeconfig_text, ready, statefulset, targets,
 };
-use fleetmirror_tests::process::{free_port, metric_with};
+use fleetmirror_tests::process::{free_port, metric_sample, metric_with};
 use serde_json::{Value, json};
 
 fn phase(s: &Value) -> &str {
@@ -132,12 +132,12 @@ async fn targets_report_each_step_and_follow_their_secret() {
         "Connection test failed: failed to sync cluster: connection refused"
     );
     assert_eq!(
-        metric_with(
+        metric_sample(
             agg.admin_port,
             "fleetmirror_integration_target_connected",
             "target=\"east\""
         ),
-        0.0
+        Some(0.0)
     );
 
     // Fixed: connected, with the server's version and URL.
@@ -176,12 +176,12 @@ async fn targets_report_each_step_and_follow_their_secret() {
     );
     assert!(s["lastSyncTime"].is_string());
     assert_eq!(
-        metric_with(
+        metric_sample(
             agg.admin_port,
             "fleetmirror_integration_target_connected",
             "target=\"east\""
         ),
-        1.0
+        Some(1.0)
     );
     let reasons = w.event_reasons("east").await;
     for r in [
@@ -397,10 +397,12 @@ async fn clusters_that_cannot_be_checked_say_why_and_never_hold_the_others() {
     w.integration(
         "argocd-all",
         json!({"type": "argocd", "targetClusters": ["gone", "refused", "hang", "forbidden", "plugin", "good"],
-               "config": {"namespace": ns}}),
+               "config": {"namespace": ns, "healthCheckInterval": "5s"}}),
     )
     .await;
-    let agg = w.start(&["--cluster-request-timeout=3s"]);
+    // Checks that last longer than the interval (a hanging cluster: 6 s > 5 s) must not keep
+    // the round from ending.
+    let agg = w.start(&["--cluster-request-timeout=6s"]);
     let o = w
         .wait(&integrations(), "argocd-all", "every cluster judged", |s| {
             clusters(s).len() == 6 && clusters(s).iter().all(|c| c.1 != "Pending")
@@ -411,7 +413,7 @@ async fn clusters_that_cannot_be_checked_say_why_and_never_hold_the_others() {
     let want = [
         ("gone", "Unreachable", "TargetNotFound", format!("failed to get cluster config for gone: no IntegrationTarget with clusterName gone in namespace {ops}")),
         ("refused", "Unreachable", "Unreachable", "cluster refused is unreachable: connection refused".to_owned()),
-        ("hang", "Unreachable", "Unreachable", "cluster hang is unreachable: no answer within 3s".to_owned()),
+        ("hang", "Unreachable", "Unreachable", "cluster hang is unreachable: no answer within 6s".to_owned()),
         ("forbidden", "Unreachable", "Forbidden", format!("cluster forbidden forbids get deployments.apps in namespace {ns} (HTTP 403): apply deploy/target-cluster-rbac.yaml there")),
         ("plugin", "Unreachable", "TargetNotReady", "failed to get cluster config for plugin: Kubeconfig in secret plugin-kubeconfig is refused: user \"u\" uses an exec credential plugin; fleetmirror runs no command from a Secret — use a token, a client certificate or basic auth".to_owned()),
         ("good", "Healthy", "Healthy", "ArgoCD is healthy on good".to_owned()),
@@ -437,6 +439,26 @@ async fn clusters_that_cannot_be_checked_say_why_and_never_hold_the_others() {
         !got.iter().any(|c| c.3.contains("not found on")),
         "a dead cluster is never 'not found'"
     );
+    // Rounds keep ending although a cluster never answers and checks outlast nothing: the
+    // 5 s interval moves lastReconcileTime on.
+    let t0 = s["lastReconcileTime"].as_str().unwrap().to_owned();
+    let o = w
+        .wait(&integrations(), "argocd-all", "another round", |s| {
+            s["lastReconcileTime"]
+                .as_str()
+                .is_some_and(|t| t > t0.as_str())
+        })
+        .await;
+    let t1 = o["status"]["lastReconcileTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.wait(&integrations(), "argocd-all", "and another", |s| {
+        s["lastReconcileTime"]
+            .as_str()
+            .is_some_and(|t| t > t1.as_str())
+    })
+    .await;
     for category in ["connect", "timeout", "forbidden", "target_not_ready"] {
         assert!(
             metric_with(

@@ -186,7 +186,7 @@ pub fn classify(e: &kube::Error, verb: &str, resource: &str, deadline: Duration)
                 ))),
             },
         },
-        kube::Error::SerdeError(_) => Failure {
+        kube::Error::SerdeError(_) | kube::Error::FromUtf8(_) => Failure {
             category: "decode",
             unchecked: Unchecked::CheckFailed(format!(
                 "the answer to {verb} {resource} could not be decoded"
@@ -209,6 +209,10 @@ pub fn classify(e: &kube::Error, verb: &str, resource: &str, deadline: Duration)
             match io_kind {
                 Some(K::ConnectionRefused) => unreachable("connect", "connection refused".into()),
                 Some(K::ConnectionReset) => unreachable("connect", "connection reset".into()),
+                Some(K::TimedOut) if text.contains("connect") => Failure {
+                    category: "timeout",
+                    unchecked: Unchecked::Unreachable("connect timeout".into()),
+                },
                 Some(K::TimedOut) => timed_out(deadline),
                 _ if text.contains("certificate")
                     || text.contains("tls")

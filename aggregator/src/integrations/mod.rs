@@ -135,7 +135,8 @@ struct TargetMem {
     /// The last connection test: Ok(version) or Err(message).
     probe: Option<Result<String, String>>,
     next_probe: Option<Instant>,
-    probing: bool,
+    /// A probe or a visit holds the target's one slot: nothing else starts until it reports.
+    busy: bool,
     /// The last answer of its API server.
     last_seen: Option<Time>,
     /// The Secret version whose insecure-skip-tls-verify was said.
@@ -161,6 +162,13 @@ struct PairMem {
     target_version: u64,
     seconds: f64,
     requests: u64,
+    /// Its Integration's interval (the next check is due this long after a check ends).
+    interval: Duration,
+    /// The target it was last dispatched to.
+    target: Option<TargetKey>,
+    /// Identifies the dispatch in flight (a stale result is ignored).
+    seq: u64,
+    dispatched_at: Instant,
 }
 
 /// One Integration's memory.
@@ -176,6 +184,8 @@ struct IntegrationMem {
     /// What the last status build resolved (for change detection).
     clusters: Vec<(String, Option<TargetKey>)>,
     generation: Option<i64>,
+    /// The round in progress: its pairs dispatched at or before this instant are waited for.
+    round: Option<Instant>,
 }
 
 /// Everything the leader remembers in a term.
@@ -186,6 +196,9 @@ struct Memory {
     pairs: HashMap<PairKey, PairMem>,
     integrations: HashMap<String, IntegrationMem>,
     versions: u64,
+    seq: u64,
+    /// The Integration UIDs the Diagnostics view was last built from.
+    viewed: BTreeSet<String>,
 }
 
 /// What a spawned probe or check reports.
@@ -198,10 +211,13 @@ enum Msg {
     },
     Checked {
         pair: PairKey,
+        seq: u64,
         type_: &'static str,
         result: CheckResult,
         seconds: f64,
     },
+    /// A visit's checks all reported: the target is free again.
+    VisitDone { target: TargetKey },
 }
 
 /// A resolved Integration.
@@ -251,6 +267,12 @@ fn target_secret(t: &IntegrationTarget) -> (String, String) {
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "kubeconfig".into()),
     )
+}
+
+/// `<namespace>/<name>`, as the status writer keys its backoff.
+fn slash<K: Resource>(o: &K) -> String {
+    let (ns, name) = key_of(o);
+    format!("{ns}/{name}")
 }
 
 fn key_of<K: Resource>(o: &K) -> (String, String) {
@@ -356,7 +378,9 @@ impl IntegrationsController {
             )
             .collect();
         let events = self.ctx.events(NAME);
+        // One writer per kind: their backoff is kept per object name.
         let writer = self.ctx.status_writer(NAME);
+        let target_writer = self.ctx.status_writer(NAME);
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let mut leadership = self.ctx.leadership.clone();
@@ -376,6 +400,11 @@ impl IntegrationsController {
                 // A new term (or none): forget everything; a new leader checks at once.
                 term_stop.cancel();
                 term_stop = shutdown.child_token();
+                // What this replica reported as leader is not its to report any more.
+                for (ns, name) in memory.targets.keys() {
+                    self.metrics.connected(ns, name, None);
+                }
+                self.metrics.gauges(&BTreeMap::new(), &BTreeMap::new());
                 memory = Memory {
                     term: term.as_ref().map(Term::id),
                     ..Default::default()
@@ -392,14 +421,22 @@ impl IntegrationsController {
                 self.sync_targets(&targets_now, &secrets, &mut memory, term, &events)
                     .await;
                 self.probe(&targets_now, &mut memory, &slots, &tx, &term_stop);
-                self.write_targets(&targets_now, &mut memory, term, &events, &writer)
+                self.write_targets(&targets_now, &mut memory, term, &events, &target_writer)
                     .await;
-                let resolved = self.resolve(&integrations.all(), &targets_now);
+                let integrations_now = integrations.all();
+                let live = |objs: Vec<String>| objs.into_iter().collect::<BTreeSet<String>>();
+                let (live_i, live_t) = (
+                    live(integrations_now.iter().map(|o| slash(&**o)).collect()),
+                    live(targets_now.iter().map(|o| slash(&**o)).collect()),
+                );
+                writer.retain(|k| live_i.contains(k));
+                target_writer.retain(|k| live_t.contains(k));
+                let resolved = self.resolve(&integrations_now, &targets_now);
                 self.dispatch(&resolved, &mut memory, &slots, &tx, &term_stop);
                 self.finish(&resolved, &mut memory, term, &events, &writer)
                     .await;
             }
-            let wake = self.next_wake(&memory);
+            let wake = self.next_wake(&memory, &[&writer, &target_writer]);
             tokio::select! {
                 _ = trigger.notified() => tokio::time::sleep(DEBOUNCE).await,
                 Some(m) = rx.recv() => {
@@ -414,19 +451,41 @@ impl IntegrationsController {
         }
     }
 
-    fn next_wake(&self, m: &Memory) -> Instant {
+    /// When something is due: a pair (whose target is free), a probe, a Secret read again, a
+    /// status write after its backoff. Results and changes wake the loop on their own.
+    fn next_wake(&self, m: &Memory, writers: &[&StatusWriter]) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
+        let busy = |k: &Option<TargetKey>| {
+            k.as_ref()
+                .and_then(|k| m.targets.get(k))
+                .is_some_and(|t| t.busy)
+        };
         let pairs = m
             .pairs
             .values()
-            .filter(|p| !p.in_flight)
+            .filter(|p| !p.in_flight && !busy(&p.target))
             .map(|p| p.next_due);
         let targets = m
             .targets
             .values()
-            .flat_map(|t| [t.next_probe.filter(|_| !t.probing), t.retry_at])
+            .flat_map(|t| {
+                [
+                    t.next_probe.filter(|_| !t.busy && t.client.is_some()),
+                    t.retry_at,
+                ]
+            })
             .flatten();
-        pairs.chain(targets).min().unwrap_or(far).min(far)
+        pairs
+            .chain(targets)
+            .chain(
+                writers
+                    .iter()
+                    .filter_map(|w| w.next_retry())
+                    .map(Into::into),
+            )
+            .min()
+            .unwrap_or(far)
+            .min(far)
     }
 
     /// Takes in one probe or check result.
@@ -441,7 +500,7 @@ impl IntegrationsController {
                 let Some(t) = m.targets.get_mut(&target) else {
                     return;
                 };
-                t.probing = false;
+                t.busy = false;
                 if t.client.as_ref().map(|c| c.id) != Some(client) {
                     return; // a rebuilt client is probed again
                 }
@@ -470,18 +529,27 @@ impl IntegrationsController {
                     t.version = m.versions;
                 }
             }
+            Msg::VisitDone { target } => {
+                if let Some(t) = m.targets.get_mut(&target) {
+                    t.busy = false;
+                }
+            }
             Msg::Checked {
                 pair,
+                seq,
                 type_,
                 result,
                 seconds,
             } => {
                 self.metrics.check(type_, seconds, result.requests);
                 let now = Time::now();
-                let Some(p) = m.pairs.get_mut(&pair) else {
-                    return;
+                let Some(p) = m.pairs.get_mut(&pair).filter(|p| p.seq == seq) else {
+                    return; // the pair was removed, or re-dispatched since
                 };
                 p.in_flight = false;
+                // The next check is due an interval after this one ended (a slow check never
+                // makes the next one start at once).
+                p.next_due = p.next_due.max(Instant::now() + p.interval);
                 p.last_checked = Some(now);
                 p.seconds = seconds;
                 p.requests = result.requests;
@@ -543,6 +611,8 @@ impl IntegrationsController {
                     mem.unusable = Some(reason);
                     mem.inputs = None;
                     mem.probe = None;
+                    mem.next_probe = None;
+                    mem.retry_at = None;
                     mem.dirty = true;
                     m.versions += 1;
                     mem.version = m.versions;
@@ -698,10 +768,10 @@ impl IntegrationsController {
             let (Some(c), Some(at)) = (&mem.client, mem.next_probe) else {
                 continue;
             };
-            if mem.probing || at > now {
+            if mem.busy || at > now {
                 continue;
             }
-            mem.probing = true;
+            mem.busy = true;
             let (c, slots, tx, stop) = (c.clone(), slots.clone(), tx.clone(), stop.clone());
             let (deadline, metrics) = (self.config.request_timeout, self.metrics.clone());
             tokio::spawn(async move {
@@ -816,18 +886,22 @@ impl IntegrationsController {
                     {
                         events.publish(term, &t.object_ref(&()), e).await;
                     }
-                    (key_of(&*t), reason, r.is_ok())
+                    (key_of(&*t), reason, written(&r))
                 },
             )),
             WRITE_CONCURRENCY,
         ))
         .await;
-        for (key, reason, ok) in results {
-            self.metrics
-                .status_write("IntegrationTarget", if ok { reason } else { "error" });
-            if !ok && let Some(mem) = m.targets.get_mut(&key) {
-                // Written again at the next change or probe.
+        for (key, reason, outcome) in results {
+            if let Some(counted) = outcome.counted(reason) {
+                self.metrics.status_write("IntegrationTarget", counted);
+            }
+            if outcome != Written::Ok
+                && let Some(mem) = m.targets.get_mut(&key)
+            {
+                // Written again once the backoff allows (the writer's next retry wakes us).
                 mem.written = None;
+                mem.dirty = true;
             }
         }
     }
@@ -879,6 +953,12 @@ impl IntegrationsController {
                     })
                     .collect();
                 let mut selected: Vec<&Arc<IntegrationTarget>> = Vec::new();
+                // Checked once, whether or not any target is there to match.
+                if let Err(e) = config::selector_matches(&labels, &exprs, &BTreeMap::new())
+                    && config.is_ok()
+                {
+                    config = Err(e);
+                }
                 for t in &in_ns {
                     // A duplicate clusterName's loser is not a cluster of its own.
                     if winners
@@ -936,7 +1016,7 @@ impl IntegrationsController {
         let uids: BTreeSet<&str> = resolved.iter().map(|r| r.uid.as_str()).collect();
         m.integrations.retain(|k, _| uids.contains(k.as_str()));
         // Visits: target → the due checks.
-        let mut visits: BTreeMap<TargetKey, Vec<(PairKey, config::Type, CheckConfig)>> =
+        let mut visits: BTreeMap<TargetKey, Vec<(PairKey, u64, config::Type, CheckConfig)>> =
             BTreeMap::new();
         for r in resolved {
             let imem = m.integrations.entry(r.uid.clone()).or_default();
@@ -966,15 +1046,26 @@ impl IntegrationsController {
                     target_version: tversion,
                     seconds: 0.0,
                     requests: 0,
+                    interval: cfg.interval,
+                    target: target.clone(),
+                    seq: 0,
+                    dispatched_at: now,
                 });
                 if p.generation != generation || p.target_version != tversion {
                     p.next_due = now;
                 }
-                if p.in_flight || p.next_due > now {
+                // One visit per target at a time: a due pair waits while its target is busy.
+                let busy = tmem.is_some_and(|t| t.busy && t.client.is_some());
+                if p.in_flight || p.next_due > now || busy {
                     continue;
                 }
+                m.seq += 1;
+                p.seq = m.seq;
                 p.generation = generation;
                 p.target_version = tversion;
+                p.interval = cfg.interval;
+                p.target = target.clone();
+                p.dispatched_at = now;
                 p.next_due = now + cfg.interval;
                 let unchecked = match (target, tmem) {
                     (None, _) | (Some(_), None) => Some((Unchecked::TargetNotFound, None)),
@@ -999,23 +1090,30 @@ impl IntegrationsController {
                     continue;
                 }
                 p.in_flight = true;
+                if imem.round.is_none() {
+                    imem.round = Some(now);
+                }
                 visits
                     .entry(target.clone().unwrap_or_default())
                     .or_default()
-                    .push((pk, r.type_, cfg.clone()));
+                    .push((pk, p.seq, r.type_, cfg.clone()));
             }
         }
         let deadline = self.config.request_timeout;
         for (target, checks) in visits {
-            let Some(c) = m.targets.get(&target).and_then(|t| t.client.clone()) else {
+            let Some(t) = m.targets.get_mut(&target) else {
                 continue;
             };
+            let Some(c) = t.client.clone() else {
+                continue;
+            };
+            t.busy = true;
             let (slots, tx, stop) = (slots.clone(), tx.clone(), stop.clone());
             tokio::spawn(async move {
                 let work = async {
                     // One slot per cluster visit, for at most the deadline.
                     let _slot = slots.acquire().await;
-                    futures::future::join_all(checks.into_iter().map(|(pair, t, cfg)| {
+                    futures::future::join_all(checks.into_iter().map(|(pair, seq, t, cfg)| {
                         let c = &c;
                         let tx = &tx;
                         async move {
@@ -1023,6 +1121,7 @@ impl IntegrationsController {
                             let result = client::check(c, t, &cfg, &pair.1, deadline).await;
                             let _ = tx.send(Msg::Checked {
                                 pair,
+                                seq,
                                 type_: t.as_str(),
                                 result,
                                 seconds: started.elapsed().as_secs_f64(),
@@ -1030,6 +1129,7 @@ impl IntegrationsController {
                         }
                     }))
                     .await;
+                    let _ = tx.send(Msg::VisitDone { target });
                 };
                 tokio::select! {
                     _ = work => {}
@@ -1052,14 +1152,17 @@ impl IntegrationsController {
         let mut writes = Vec::new();
         let mut changed_view = false;
         for r in resolved {
-            let in_flight = r.clusters.iter().any(|(c, _)| {
-                m.pairs
-                    .get(&(r.uid.clone(), c.clone()))
-                    .is_some_and(|p| p.in_flight)
-            });
             let Some(imem) = m.integrations.get(&r.uid) else {
                 continue;
             };
+            // The round waits for the pairs it dispatched (each bounded by the request
+            // timeout); pairs dispatched later belong to the next one.
+            let round = imem.round;
+            let in_flight = r.clusters.iter().any(|(c, _)| {
+                m.pairs
+                    .get(&(r.uid.clone(), c.clone()))
+                    .is_some_and(|p| p.in_flight && round.is_some_and(|at| p.dispatched_at <= at))
+            });
             let interval = r
                 .config
                 .as_ref()
@@ -1075,12 +1178,15 @@ impl IntegrationsController {
                 && old
                     .last_reconcile_time
                     .is_none_or(|at| at.duration_until(now) >= interval.mul_f64(0.9));
-            if in_flight || !(imem.dirty || heartbeat_due) {
+            // Only a round's results are written (a heartbeat too: lastReconcileTime is when the
+            // round ended).
+            if in_flight || !imem.dirty {
                 continue;
             }
             let (status, events_due) = self.build_status(r, m, &old, now);
             let imem = m.integrations.get_mut(&r.uid).expect("present");
             imem.dirty = false;
+            imem.round = None;
             changed_view = true;
             let reason = if !same_but_time(&old, &status) || r.obj.status.is_none() {
                 "changed"
@@ -1103,21 +1209,27 @@ impl IntegrationsController {
                             events.publish(term, &reference, e).await;
                         }
                     }
-                    (obj.uid().unwrap_or_default(), reason, r.is_ok())
+                    (obj.uid().unwrap_or_default(), reason, written(&r))
                 },
             )),
             WRITE_CONCURRENCY,
         ))
         .await;
-        for (uid, reason, ok) in results {
-            self.metrics
-                .status_write("Integration", if ok { reason } else { "error" });
-            if !ok && let Some(i) = m.integrations.get_mut(&uid) {
+        for (uid, reason, outcome) in results {
+            if let Some(counted) = outcome.counted(reason) {
+                self.metrics.status_write("Integration", counted);
+            }
+            if outcome != Written::Ok
+                && let Some(i) = m.integrations.get_mut(&uid)
+            {
+                // Built and tried again once the backoff allows (the writer's next retry).
                 i.written = None;
                 i.dirty = true;
             }
         }
-        if changed_view {
+        let uids: BTreeSet<String> = resolved.iter().map(|r| r.uid.clone()).collect();
+        if changed_view || uids != m.viewed {
+            m.viewed = uids;
             self.publish_view(resolved, m);
         }
     }
@@ -1214,9 +1326,13 @@ impl IntegrationsController {
             let Some(imem) = m.integrations.get(&r.uid) else {
                 continue;
             };
-            let Some(status) = imem.written.clone().or_else(|| r.obj.status.clone()) else {
-                continue;
-            };
+            // Not written yet (a new Integration's first round runs): Initializing.
+            let status = imem
+                .written
+                .clone()
+                .or_else(|| r.obj.status.clone())
+                .unwrap_or_default();
+            let checked = r.obj.spec.enabled && r.config.is_ok();
             let t = r.type_.as_str();
             let phase: &'static str = match status.phase.as_deref() {
                 Some("Running") => "Running",
@@ -1259,7 +1375,9 @@ impl IntegrationsController {
                     "Unreachable" => "unreachable",
                     _ => "pending",
                 };
-                *states.entry((t, label)).or_default() += 1;
+                if checked {
+                    *states.entry((t, label)).or_default() += 1;
+                }
                 let components = match p.map(|p| &p.outcome) {
                     Some(Outcome::Checked(ClusterCheck { components, .. })) => components
                         .iter()
@@ -1310,6 +1428,34 @@ impl IntegrationsController {
         }
         self.view.set(all);
         self.metrics.gauges(&phases, &states);
+    }
+}
+
+/// How a status write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Ok,
+    /// Not sent: the object is backing off after failed writes.
+    Held,
+    Failed,
+}
+
+impl Written {
+    /// The `reason` label it is counted under (a held write sends nothing: not counted).
+    fn counted(self, reason: &'static str) -> Option<&'static str> {
+        match self {
+            Written::Ok => Some(reason),
+            Written::Held => None,
+            Written::Failed => Some("error"),
+        }
+    }
+}
+
+fn written(r: &Result<(), crate::platform::WriteError>) -> Written {
+    match r {
+        Ok(()) => Written::Ok,
+        Err(crate::platform::WriteError::BackingOff { .. }) => Written::Held,
+        Err(_) => Written::Failed,
     }
 }
 

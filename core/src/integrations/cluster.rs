@@ -230,7 +230,7 @@ pub fn nothing_found(t: Type, o: &Observed) -> bool {
         Type::Flux => named_none,
         Type::Istio => named_none && listed_none,
         Type::Prometheus => listed_none && o.prometheuses.is_empty() && o.alertmanagers.is_empty(),
-        Type::Workloads => false,
+        Type::Workloads => listed_none,
     }
 }
 
@@ -748,6 +748,23 @@ mod tests {
         assert_eq!(
             evaluate(Type::Prometheus, &c, "c", &o).state,
             ClusterState::Degraded
+        );
+    }
+
+    #[test]
+    fn workloads_in_a_missing_namespace() {
+        let c = cfg(Type::Workloads, &[("namespace", "shop")]);
+        let mut o = Observed::default();
+        assert!(nothing_found(Type::Workloads, &o));
+        o.namespace_exists = Some(false);
+        assert_eq!(
+            evaluate(Type::Workloads, &c, "c", &o).message,
+            "Workload namespace shop not found on c: namespaces \"shop\" not found"
+        );
+        o.namespace_exists = Some(true);
+        assert_eq!(
+            evaluate(Type::Workloads, &c, "c", &o).message,
+            "no Deployment, StatefulSet or DaemonSet in namespace shop on c"
         );
     }
 

@@ -94,6 +94,28 @@ fn data(m: &Mapping, key: &str, what: &str) -> Result<Option<Vec<u8>>, Kubeconfi
     }
 }
 
+/// `url` without what could carry a credential: user info (`user:pw@`), query and fragment
+/// are replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let (rest, tail) = match rest.find(['?', '#']) {
+        Some(i) => (&rest[..i], "?***"),
+        None => (rest, ""),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let authority = match authority.rfind('@') {
+        Some(i) => format!("***@{}", &authority[i + 1..]),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}{authority}{path}{tail}")
+}
+
 /// Parses `kubeconfig` and applies the policy to `context` (`None`: the current context).
 pub fn parse(kubeconfig: &str, context: Option<&str>) -> Result<Endpoint, KubeconfigError> {
     let parse_err = |m: String| KubeconfigError::Parse(m);
@@ -162,8 +184,15 @@ pub fn parse(kubeconfig: &str, context: Option<&str>) -> Result<Endpoint, Kubeco
     let host = server
         .strip_prefix("https://")
         .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
-    if host.is_none_or(|h| h.is_empty() || h.starts_with(':') || h.contains('@')) {
-        return Err(refused(format!("server \"{server}\" is not an https URL")));
+    // No user info, query or fragment either: a URL is shown in status and logs, never a
+    // credential that could hide in it.
+    if host.is_none_or(|h| h.is_empty() || h.starts_with(':') || h.contains('@'))
+        || server.contains(['?', '#'])
+    {
+        return Err(refused(format!(
+            "server \"{}\" is not an https URL",
+            redact_url(&server)
+        )));
     }
     let insecure = match cluster.get("insecure-skip-tls-verify") {
         None | Some(Value::Null) => false,
@@ -425,6 +454,29 @@ mod tests {
             match parse(&config(cluster, user), None) {
                 Err(KubeconfigError::Refused(m)) => assert!(m.contains(needle), "{needle}: {m}"),
                 other => panic!("{needle}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        assert_eq!(
+            redact_url("https://admin:s3cret@k8s:6443/x"),
+            "https://***@k8s:6443/x"
+        );
+        assert_eq!(redact_url("http://k8s?token=abc"), "http://k8s?***");
+        assert_eq!(redact_url("https://10.0.0.1:6443"), "https://10.0.0.1:6443");
+        for server in [
+            "https://admin:s3cret@k8s:6443",
+            "http://u:s3cret@k8s",
+            "https://k8s/?token=s3cret",
+        ] {
+            let k = format!(
+                "clusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
+            );
+            match parse(&k, None) {
+                Err(KubeconfigError::Refused(why)) => assert!(!why.contains("s3cret"), "{why}"),
+                other => panic!("{server}: {other:?}"),
             }
         }
     }
