@@ -121,11 +121,15 @@ type TargetKey = (String, String);
 /// (Integration UID, clusterName).
 type PairKey = (String, String);
 
+/// What a target's client is built from: its generation, the Secret's name, key and version,
+/// and the context.
+type ClientInputs = (Option<i64>, String, String, Option<String>, String);
+
 /// A target's memory (leader only).
 #[derive(Debug, Default)]
 struct TargetMem {
     /// What the client was built from: generation, Secret name, key, context, Secret version.
-    inputs: Option<(Option<i64>, String, String, Option<String>, String)>,
+    inputs: Option<ClientInputs>,
     /// A Secret read that failed: read again then.
     retry_at: Option<Instant>,
     /// The client, when the Secret and kubeconfig were usable.
@@ -677,7 +681,7 @@ impl IntegrationsController {
                         )
                     })
                 }
-                Err((reason, message)) if reason == "SecretReadFailed" => {
+                Err(("SecretReadFailed", message)) => {
                     // Not recorded as read: tried again shortly.
                     mem.retry_at = Some(Instant::now() + SECRET_RETRY);
                     Err(("SecretNotFound", message))
