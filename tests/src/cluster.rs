@@ -72,9 +72,14 @@ impl ControlPlane {
 
     /// A control plane of its own (one cluster), stopped and removed on drop.
     pub fn dedicated(name: &str) -> ControlPlane {
+        ControlPlane::dedicated_clusters(name, 1)
+    }
+
+    /// A control plane of its own with `clusters` clusters, stopped and removed on drop.
+    pub fn dedicated_clusters(name: &str, clusters: usize) -> ControlPlane {
         ControlPlane::up(
             shared_dir().join(format!("dedicated-{name}-{}", crate::suffix())),
-            1,
+            clusters,
             true,
         )
     }

@@ -139,8 +139,10 @@ struct TargetMem {
     /// The last connection test: Ok(version) or Err(message).
     probe: Option<Result<String, String>>,
     next_probe: Option<Instant>,
-    /// A probe or a visit holds the target's one slot: nothing else starts until it reports.
-    busy: bool,
+    /// A connection test is running (one at a time).
+    probing: bool,
+    /// A visit (the checks of the pairs due on it) holds one slot: the next waits for it.
+    visiting: bool,
     /// The last answer of its API server.
     last_seen: Option<Time>,
     /// The Secret version whose insecure-skip-tls-verify was said.
@@ -462,7 +464,7 @@ impl IntegrationsController {
         let busy = |k: &Option<TargetKey>| {
             k.as_ref()
                 .and_then(|k| m.targets.get(k))
-                .is_some_and(|t| t.busy)
+                .is_some_and(|t| t.visiting)
         };
         let pairs = m
             .pairs
@@ -474,7 +476,7 @@ impl IntegrationsController {
             .values()
             .flat_map(|t| {
                 [
-                    t.next_probe.filter(|_| !t.busy && t.client.is_some()),
+                    t.next_probe.filter(|_| !t.probing && t.client.is_some()),
                     t.retry_at,
                 ]
             })
@@ -504,7 +506,7 @@ impl IntegrationsController {
                 let Some(t) = m.targets.get_mut(&target) else {
                     return;
                 };
-                t.busy = false;
+                t.probing = false;
                 if t.client.as_ref().map(|c| c.id) != Some(client) {
                     return; // a rebuilt client is probed again
                 }
@@ -535,7 +537,7 @@ impl IntegrationsController {
             }
             Msg::VisitDone { target } => {
                 if let Some(t) = m.targets.get_mut(&target) {
-                    t.busy = false;
+                    t.visiting = false;
                 }
             }
             Msg::Checked {
@@ -772,10 +774,10 @@ impl IntegrationsController {
             let (Some(c), Some(at)) = (&mem.client, mem.next_probe) else {
                 continue;
             };
-            if mem.busy || at > now {
+            if mem.probing || at > now {
                 continue;
             }
-            mem.busy = true;
+            mem.probing = true;
             let (c, slots, tx, stop) = (c.clone(), slots.clone(), tx.clone(), stop.clone());
             let (deadline, metrics) = (self.config.request_timeout, self.metrics.clone());
             tokio::spawn(async move {
@@ -1059,7 +1061,7 @@ impl IntegrationsController {
                     p.next_due = now;
                 }
                 // One visit per target at a time: a due pair waits while its target is busy.
-                let busy = tmem.is_some_and(|t| t.busy && t.client.is_some());
+                let busy = tmem.is_some_and(|t| t.visiting && t.client.is_some());
                 if p.in_flight || p.next_due > now || busy {
                     continue;
                 }
@@ -1111,7 +1113,7 @@ impl IntegrationsController {
             let Some(c) = t.client.clone() else {
                 continue;
             };
-            t.busy = true;
+            t.visiting = true;
             let (slots, tx, stop) = (slots.clone(), tx.clone(), stop.clone());
             tokio::spawn(async move {
                 let work = async {
