@@ -407,13 +407,15 @@ pub struct CheckResult {
 }
 
 /// Checks `cluster` through `client` for an Integration of type `t` with `cfg`: every read at
-/// once, one more (the namespace) only when nothing was found; bounded by `deadline`.
+/// once, one more (the namespace) only when nothing was found; bounded by `budget` (what is
+/// left of the visit's `deadline`, which the messages name).
 pub async fn check(
     client: &TargetClient,
     t: Type,
     cfg: &CheckConfig,
     cluster: &str,
     deadline: Duration,
+    budget: Duration,
 ) -> CheckResult {
     let requests = AtomicU64::new(0);
     let answered = std::sync::atomic::AtomicBool::new(false);
@@ -425,7 +427,7 @@ pub async fn check(
         requests: &requests,
         answered: &answered,
     };
-    let outcome = match tokio::time::timeout(deadline, observe(&reader, t, cfg)).await {
+    let outcome = match tokio::time::timeout(budget, observe(&reader, t, cfg)).await {
         Err(_) => Err(timed_out(deadline)),
         Ok(Err(f)) => Err(f),
         Ok(Ok(o)) => Ok(cluster::evaluate(t, cfg, cluster, &o)),

@@ -12,10 +12,15 @@
 //! every half of it), and checks every (Integration, cluster) pair every `healthCheckInterval`,
 //! at once (debounced 200 ms) when the Integration's generation, the target's spec, readiness
 //! or client change. The pairs due at the same time on one cluster are one visit: one slot of
-//! `--integration-concurrency`, for at most `--cluster-request-timeout`, all its checks at
-//! once. When every pair of an Integration has answered, its status is built and written if it
-//! changed (timestamps aside) or as a heartbeat (`lastReconcileTime` older than 0.9 × the
-//! interval). Events are judged against the status last written in this term, else the one in
+//! `--integration-concurrency`, for at most `--cluster-request-timeout` in all, one visit per
+//! cluster at a time (pairs that fall due meanwhile wait for it), its checks one after the other
+//! with each check's reads at once (a kube client speaks HTTP/1.1: a visit opens about as many
+//! connections as one check reads). A cluster found unreachable ends the visit: its remaining
+//! checks say the same without contacting it. The next check of a pair is due an interval
+//! after its last one ended. A round of an Integration waits for the pairs it dispatched;
+//! then its status is built and written if it changed (timestamps aside) or as a heartbeat
+//! (`lastReconcileTime` older than 0.9 × the interval). Connection tests run beside visits
+//! (one at a time per target, also under a slot). Events are judged against the status last written in this term, else the one in
 //! the API, so a restart or a new leader repeats none. A new leader forgets everything and
 //! checks every pair at once.
 
@@ -1117,24 +1122,43 @@ impl IntegrationsController {
             let (slots, tx, stop) = (slots.clone(), tx.clone(), stop.clone());
             tokio::spawn(async move {
                 let work = async {
-                    // One slot per cluster visit, for at most the deadline.
+                    // One slot per cluster visit, for at most the deadline. Its checks run one
+                    // after the other (each check's reads at once): a visit opens about as many
+                    // connections as one check reads, however many Integrations share it. Once
+                    // the cluster is found unreachable, the rest of the visit says the same
+                    // without contacting it again.
                     let _slot = slots.acquire().await;
-                    futures::future::join_all(checks.into_iter().map(|(pair, seq, t, cfg)| {
-                        let c = &c;
-                        let tx = &tx;
-                        async move {
-                            let started = Instant::now();
-                            let result = client::check(c, t, &cfg, &pair.1, deadline).await;
-                            let _ = tx.send(Msg::Checked {
-                                pair,
-                                seq,
-                                type_: t.as_str(),
-                                result,
-                                seconds: started.elapsed().as_secs_f64(),
-                            });
+                    let end = Instant::now() + deadline;
+                    let mut dead: Option<Failure> = None;
+                    for (pair, seq, t, cfg) in checks {
+                        let started = Instant::now();
+                        let budget = end.saturating_duration_since(started);
+                        let result = match &dead {
+                            Some(f) => CheckResult {
+                                outcome: Err(f.clone()),
+                                requests: 0,
+                                answered: false,
+                            },
+                            None if budget.is_zero() => CheckResult {
+                                outcome: Err(client::timed_out(deadline)),
+                                requests: 0,
+                                answered: false,
+                            },
+                            None => client::check(&c, t, &cfg, &pair.1, deadline, budget).await,
+                        };
+                        if let Err(f) = &result.outcome
+                            && matches!(f.unchecked, Unchecked::Unreachable(_))
+                        {
+                            dead = Some(f.clone());
                         }
-                    }))
-                    .await;
+                        let _ = tx.send(Msg::Checked {
+                            pair,
+                            seq,
+                            type_: t.as_str(),
+                            result,
+                            seconds: started.elapsed().as_secs_f64(),
+                        });
+                    }
                     let _ = tx.send(Msg::VisitDone { target });
                 };
                 tokio::select! {
