@@ -148,6 +148,9 @@ struct TargetMem {
     probing: bool,
     /// A visit (the checks of the pairs due on it) holds one slot: the next waits for it.
     visiting: bool,
+    /// Its last visit ran out of time: its next one takes a slot first, so that waiting on it
+    /// overlaps the other clusters' checks instead of following them.
+    slow: bool,
     /// The last answer of its API server.
     last_seen: Option<Time>,
     /// The Secret version whose insecure-skip-tls-verify was said.
@@ -228,7 +231,11 @@ enum Msg {
         seconds: f64,
     },
     /// A visit's checks all reported: the target is free again.
-    VisitDone { target: TargetKey },
+    VisitDone {
+        target: TargetKey,
+        /// The visit ran out of time (the cluster does not answer).
+        slow: bool,
+    },
 }
 
 /// A resolved Integration.
@@ -540,9 +547,10 @@ impl IntegrationsController {
                     t.version = m.versions;
                 }
             }
-            Msg::VisitDone { target } => {
+            Msg::VisitDone { target, slow } => {
                 if let Some(t) = m.targets.get_mut(&target) {
                     t.visiting = false;
+                    t.slow = slow;
                 }
             }
             Msg::Checked {
@@ -1111,6 +1119,8 @@ impl IntegrationsController {
             }
         }
         let deadline = self.config.request_timeout;
+        let mut visits: Vec<_> = visits.into_iter().collect();
+        visits.sort_by_key(|(t, _)| !m.targets.get(t).is_some_and(|t| t.slow));
         for (target, checks) in visits {
             let Some(t) = m.targets.get_mut(&target) else {
                 continue;
@@ -1159,7 +1169,8 @@ impl IntegrationsController {
                             seconds: started.elapsed().as_secs_f64(),
                         });
                     }
-                    let _ = tx.send(Msg::VisitDone { target });
+                    let slow = dead.as_ref().is_some_and(|f| f.category == "timeout");
+                    let _ = tx.send(Msg::VisitDone { target, slow });
                 };
                 tokio::select! {
                     _ = work => {}
