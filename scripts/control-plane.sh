@@ -5,6 +5,8 @@
 # leaves them on a host.
 #
 #   scripts/control-plane.sh build                    install etcd, build + cache kube-apiserver
+#   scripts/control-plane.sh build-node               build + cache kubelet, kube-controller-manager,
+#                                                     kube-scheduler and pause (scripts/node.sh uses them)
 #   scripts/control-plane.sh up [--clusters N]        start (or reuse) N clusters on one etcd
 #   scripts/control-plane.sh status                   what runs, and the kubeconfig paths
 #   scripts/control-plane.sh kubeconfig [I]           print cluster I's kubeconfig path (default 0)
@@ -24,6 +26,10 @@ BUILD_REVISION=2
 CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
 STATE=${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}
 APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION-r$BUILD_REVISION/kube-apiserver
+# The node's binaries (scripts/node.sh), built from the same source; NODE_REVISION keys them.
+NODE_REVISION=1
+NODE_BIN=$CACHE/node-$KUBE_VERSION-r$NODE_REVISION
+NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler pause)
 ADMIN_TOKEN=fleetmirror-admin-token
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
@@ -44,58 +50,90 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Builds kube-apiserver from Debian bookworm's `kubernetes` source package (it vendors all of
-# its Go dependencies, so no Go module proxy is needed) and caches the binary, keyed by version.
-build() {
-  apt_install etcd-server openssl python3 curl
-  command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
-  if [ -x "$APISERVER" ]; then
-    return 0
-  fi
+# Fetches Debian bookworm's `kubernetes` source package (it vendors all of its Go
+# dependencies, so no Go module proxy is needed) into $WORK and sets TREE to the source tree.
+fetch_source() {
   apt_install golang-go rsync jq make dpkg-dev golang-github-modern-go-reflect2-dev
-  local work=$CACHE/build
-  rm -rf "$work"
-  mkdir -p "$work/parts" "$work/lists/partial" "$work/home"
+  WORK=$CACHE/build
+  rm -rf "$WORK"
+  mkdir -p "$WORK/parts" "$WORK/lists/partial" "$WORK/home"
   # A private apt configuration that adds deb-src, leaving the system's sources untouched.
   local src
   src=$(ls /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   [ -n "$src" ] || die "/etc/apt/sources.list.d/debian.sources not found; cannot add deb-src"
-  sed 's/^Types: deb$/Types: deb deb-src/' "$src" >"$work/parts/debian.sources"
-  local A=(-o "Dir::Etc::SourceParts=$work/parts" -o "Dir::State::Lists=$work/lists" -o APT::Sandbox::User=root)
+  sed 's/^Types: deb$/Types: deb deb-src/' "$src" >"$WORK/parts/debian.sources"
+  local A=(-o "Dir::Etc::SourceParts=$WORK/parts" -o "Dir::State::Lists=$WORK/lists" -o APT::Sandbox::User=root)
   log "fetching Debian's kubernetes $KUBE_VERSION source package"
   apt-get "${A[@]}" update -qq >/dev/null
-  (cd "$work" && apt-get "${A[@]}" source --download-only -qq kubernetes >/dev/null)
+  (cd "$WORK" && apt-get "${A[@]}" source --download-only -qq kubernetes >/dev/null)
   local orig
   # Debian versions it "1.20.5+really1.20.2": the tree inside is kubernetes-1.20.2.
-  orig=$(ls "$work"/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
-  [ -n "$orig" ] || die "no kubernetes orig tarball downloaded (found: $(ls "$work"))"
-  tar xf "$orig" -C "$work"
-  local tree=$work/kubernetes-$KUBE_VERSION
-  [ -d "$tree" ] || die "Debian's kubernetes source is not version $KUBE_VERSION (found: $(ls "$work"))"
+  orig=$(ls "$WORK"/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
+  [ -n "$orig" ] || die "no kubernetes orig tarball downloaded (found: $(ls "$WORK"))"
+  tar xf "$orig" -C "$WORK"
+  TREE=$WORK/kubernetes-$KUBE_VERSION
+  [ -d "$TREE" ] || die "Debian's kubernetes source is not version $KUBE_VERSION (found: $(ls "$WORK"))"
   # Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, whose map iteration crashes the process
   # (SIGSEGV in mapiterinit) when built with Go >= 1.18, as Debian's Go is: the API server dies
   # on the first custom resource it stores. reflect2 1.0.2 fixes it without an API change;
   # Debian ships it as Go source, so swap it into the vendor tree.
   local reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
   [ -f "$reflect2/go_above_118.go" ] || die "$reflect2 is not reflect2 >= 1.0.2"
-  rsync -a --delete --exclude '*_test.go' --exclude '.*' "$reflect2/" "$tree/vendor/github.com/modern-go/reflect2/"
-  mkdir -p "$tree/.go/src/k8s.io"
-  ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
-  log "building kube-apiserver $KUBE_VERSION (about 10 minutes on 2 cores; log: $work/build.log)"
+  rsync -a --delete --exclude '*_test.go' --exclude '.*' "$reflect2/" "$TREE/vendor/github.com/modern-go/reflect2/"
+  mkdir -p "$TREE/.go/src/k8s.io"
+  ln -sfn ../../.. "$TREE/.go/src/k8s.io/kubernetes"
+}
+
+# Builds `make WHAT=<targets>` in $TREE with progress output.
+make_what() { # "cmd/a cmd/b" description
+  log "building $2 (log: $WORK/build.log)"
   local start=$SECONDS
-  (cd "$tree" && env GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$work/home" GOFLAGS=-mod=vendor \
-    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1) &
+  (cd "$TREE" && env GOPATH="$TREE/.go" CGO_ENABLED=0 HOME="$WORK/home" GOFLAGS=-mod=vendor \
+    make WHAT="$1" >>"$WORK/build.log" 2>&1) &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 30
-    kill -0 "$pid" 2>/dev/null && log "  still building ($((SECONDS - start))s): $(tail -n1 "$work/build.log" | cut -c1-100)"
+    kill -0 "$pid" 2>/dev/null && log "  still building ($((SECONDS - start))s): $(tail -n1 "$WORK/build.log" | cut -c1-100)"
   done
-  wait "$pid" || { tail -n 30 "$work/build.log" >&2; die "kube-apiserver build failed"; }
+  wait "$pid" || { tail -n 30 "$WORK/build.log" >&2; die "building $2 failed"; }
+  log "built $2 in $((SECONDS - start))s"
+}
+
+# Builds kube-apiserver and caches the binary, keyed by version.
+build() {
+  apt_install etcd-server openssl python3 curl
+  command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+  if [ -x "$APISERVER" ]; then
+    return 0
+  fi
+  fetch_source
+  make_what cmd/kube-apiserver "kube-apiserver $KUBE_VERSION (about 10 minutes on 2 cores)"
   mkdir -p "$(dirname "$APISERVER")"
-  install -m 0755 "$tree/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
+  install -m 0755 "$TREE/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
   mv "$APISERVER.tmp" "$APISERVER"
-  rm -rf "$work"
-  log "built and cached $APISERVER in $((SECONDS - start))s"
+  rm -rf "$WORK"
+  log "cached $APISERVER"
+}
+
+# Builds the node's binaries (kubelet, kube-controller-manager, kube-scheduler, and the pause
+# container's binary from the tree's build/pause/linux/pause.c) and caches them.
+build_node() {
+  local missing=0 b
+  for b in "${NODE_BINARIES[@]}"; do [ -x "$NODE_BIN/$b" ] || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  apt_install gcc libc6-dev
+  fetch_source
+  make_what "cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler" \
+    "kubelet, kube-controller-manager and kube-scheduler $KUBE_VERSION (about 12 minutes on 2 cores)"
+  mkdir -p "$NODE_BIN"
+  for b in kubelet kube-controller-manager kube-scheduler; do
+    install -m 0755 "$TREE/_output/local/bin/linux/amd64/$b" "$NODE_BIN/$b.tmp"
+    mv "$NODE_BIN/$b.tmp" "$NODE_BIN/$b"
+  done
+  gcc -Os -static -o "$NODE_BIN/pause.tmp" "$TREE/build/pause/linux/pause.c"
+  mv "$NODE_BIN/pause.tmp" "$NODE_BIN/pause"
+  rm -rf "$WORK"
+  log "cached the node's binaries in $NODE_BIN"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -241,6 +279,8 @@ stop_pid() {
 }
 
 down() {
+  # A node registered to this control plane goes first (it undoes what kubelet changed).
+  [ -d "$STATE/node" ] && FLEETMIRROR_CP_DIR=$STATE bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" down
   for d in "$STATE"/cluster-*; do [ -d "$d" ] && stop_pid "$d/apiserver.pid"; done
   stop_pid "$STATE/etcd.pid"
   rm -rf "$STATE"
@@ -251,6 +291,9 @@ cmd=${1:-}
 shift || true
 case $cmd in
   build) build; log "kube-apiserver: $APISERVER" ;;
+  build-node) build_node ;;
+  node-bin-dir) echo "$NODE_BIN" ;;
+  apt-install) apt_install "$@" ;;
   up) up "$@" ;;
   status) status ;;
   kubeconfig) echo "$STATE/cluster-${1:-0}/kubeconfig" ;;
