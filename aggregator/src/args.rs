@@ -199,6 +199,25 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
+/// A comma-separated namespace list flag (`flag` names it in errors): `None` when empty (all
+/// namespaces), each entry a DNS-1123 label.
+pub fn namespace_list(
+    flag: &str,
+    text: &str,
+) -> Result<Option<std::collections::BTreeSet<String>>, String> {
+    let namespaces: std::collections::BTreeSet<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for n in &namespaces {
+        fleetmirror_core::naming::validate_dns1123_label(n)
+            .map_err(|e| format!("{flag}: {n:?} {e}"))?;
+    }
+    Ok((!namespaces.is_empty()).then_some(namespaces))
+}
+
 /// The integrations controller's flags (integrations.md).
 #[derive(Debug, Clone, clap::Args)]
 pub struct IntegrationsArgs {

@@ -100,23 +100,14 @@ impl IntegrationsConfig {
         if a.integration_concurrency == 0 {
             return Err("--integration-concurrency must be at least 1".into());
         }
-        let namespaces: BTreeSet<String> = a
-            .integration_namespaces
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        for n in &namespaces {
-            fleetmirror_core::naming::validate_dns1123_label(n)
-                .map_err(|e| format!("--integration-namespaces: {n:?} {e}"))?;
-        }
+        let namespaces =
+            crate::args::namespace_list("--integration-namespaces", &a.integration_namespaces)?;
         Ok(Self {
             connect_timeout: a.cluster_connect_timeout,
             request_timeout: a.cluster_request_timeout,
             concurrency: a.integration_concurrency,
             probe_interval: a.target_probe_interval,
-            namespaces: (!namespaces.is_empty()).then_some(namespaces),
+            namespaces,
         })
     }
 }

@@ -109,21 +109,14 @@ impl RoutingConfig {
         if a.routing_resync_interval.is_zero() {
             return Err("--routing-resync-interval must be greater than zero".into());
         }
-        let namespaces: BTreeSet<String> = a
-            .routing_config_namespaces
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        for n in &namespaces {
-            fleetmirror_core::naming::validate_dns1123_label(n)
-                .map_err(|e| format!("--routing-config-namespaces: {n:?} {e}"))?;
-        }
+        let namespaces = crate::args::namespace_list(
+            "--routing-config-namespaces",
+            &a.routing_config_namespaces,
+        )?;
         Ok(RoutingConfig {
             settings: Settings {
                 domain: a.cluster_domain.clone(),
-                config_namespaces: (!namespaces.is_empty()).then_some(namespaces),
+                config_namespaces: namespaces,
             },
             resync_interval: a.routing_resync_interval,
         })
