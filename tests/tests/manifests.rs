@@ -7,7 +7,8 @@
 //! * every `FLEETMIRROR_*` variable the manifests set is a flag of the binary they run, and the
 //!   ports and probes point at the binaries' defaults;
 //! * the CRDs and the whole of install.yaml apply to the real API server, and
-//!   `kubectl get vclusterhealth` prints the columns of health.md.
+//!   `kubectl get vclusterhealth`, `kubectl get it` and `kubectl get integrations` print the
+//!   columns of health.md and integrations.md.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -473,4 +474,49 @@ fn crds_and_install_yaml_apply_to_the_real_api_server() {
         ]
     );
     assert!(table.contains("fleet"), "{table}");
+
+    // The integrations controller's RBAC: its kinds and their status, Secrets (default: every
+    // namespace), and never a write to a Secret.
+    for args in [
+        &["watch", "integrations.fleetmirror.io", "-A"][..],
+        &["list", "integrationtargets.fleetmirror.io", "-A"],
+        &[
+            "patch",
+            "integrations.fleetmirror.io",
+            "--subresource=status",
+            "-A",
+        ],
+        &[
+            "patch",
+            "integrationtargets.fleetmirror.io",
+            "--subresource=status",
+            "-A",
+        ],
+        &["get", "secrets", "-A"],
+    ] {
+        assert!(
+            can("fleetmirror-aggregator", args),
+            "the integrations controller needs to {args:?}"
+        );
+    }
+    // The columns of integrations.md, from the examples users start from.
+    let examples = repo_root().join("examples/integrations.yaml");
+    kubectl(kc, &["apply", "-f", &examples.display().to_string()]);
+    let columns = |kind: &str| -> Vec<String> {
+        kubectl(kc, &["get", kind, "-n", "fleet-ops"])
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        columns("it"),
+        ["NAME", "CLUSTER", "READY", "VERSION", "MESSAGE", "AGE"]
+    );
+    assert_eq!(
+        columns("integrations"),
+        ["NAME", "TYPE", "PHASE", "HEALTHY", "AGE"]
+    );
 }

@@ -395,6 +395,11 @@ impl IntegrationsController {
         let mut leadership = self.ctx.leadership.clone();
         let mut memory = Memory::default();
         let mut term_stop = shutdown.child_token();
+        // Ready from the start (as every controller): a watch that cannot list (the CRDs not
+        // installed) turns /readyz false through the platform's grace, and the line says what
+        // the controller waits for meanwhile.
+        self.ready
+            .set_note("waiting for Integrations, IntegrationTargets and Secrets to be listed");
         let mut was_listed = false;
         loop {
             let all_listed = listed
