@@ -187,28 +187,43 @@ stop_pid() { # pidfile
   rm -f "$f"
 }
 
+# Unmounts every mount at or under `dir`, deepest first.
+unmount_under() { # dir
+  local m
+  { findmnt -rn -o TARGET | grep -E "^$1(/|$)" | sort -r || true; } | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
 down() {
   [ -d "$STATE" ] || { log "no node"; return 0; }
   for p in kubelet kube-scheduler kube-controller-manager; do stop_pid "$STATE/$p.pid"; done
+  # The Node object goes too (best effort: the control plane may be gone already), so the next
+  # `up` waits for a fresh registration, not for this node's last status.
+  if [ -f "$CP_STATE/cluster-0/kubeconfig" ]; then
+    KUBECONFIG=$CP_STATE/cluster-0/kubeconfig timeout 10 kubectl delete node "$NODE_NAME" \
+      --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  fi
   # The pods' shims (and their containers) are children of nothing we own: find them by the
   # node's containerd socket on their command lines.
   local shims
   shims=$(pgrep -f "containerd-shim.*-address $SOCK" || true)
   [ -n "$shims" ] && kill -9 $shims 2>/dev/null || true
-  for c in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null); do
-    xargs -r kill -9 <"$c" 2>/dev/null || true
+  local c
+  for c in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null || true); do
+    { xargs -r kill -9 <"$c"; } 2>/dev/null || true
   done
   stop_pid "$STATE/containerd.pid"
   # Network namespaces of the pods, then every mount under the node's state (deepest first).
   for ns in /run/netns/cni-*; do [ -e "$ns" ] && { umount "$ns" 2>/dev/null || true; rm -f "$ns"; }; done
-  findmnt -rn -o TARGET | grep -E "^$STATE(/|$)" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  unmount_under "$STATE"
   # kubelet's cgroups (cgroupfs driver), deepest first.
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} \; 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   if [ -f "$STATE/host-paths.existing" ]; then
     for p in "${HOST_PATHS[@]}"; do
       grep -qx "$p" "$STATE/host-paths.existing" && continue
-      findmnt -rn -o TARGET | grep -E "^$p(/|$)" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+      unmount_under "$p"
       rm -rf "$p"
     done
   fi
