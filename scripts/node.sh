@@ -174,7 +174,20 @@ EOF
 
 import() { # archive
   log "importing $(basename "$1")"
+  local before after ref
+  before=$(ctr_ images ls -q)
   ctr_ images import --all-platforms "$1" >/dev/null
+  after=$(ctr_ images ls -q)
+  # kubelet asks for normalized references (fleetmirror/x:1 is docker.io/fleetmirror/x:1): give
+  # each imported short name its normalized one too.
+  for ref in $(comm -13 <(sort <<<"$before") <(sort <<<"$after")); do
+    case $ref in
+      sha256:*) ;;
+      *.*/*|*:*/*|localhost/*) ;;
+      */*) ctr_ images tag --force "$ref" "docker.io/$ref" >/dev/null ;;
+      *) ctr_ images tag --force "$ref" "docker.io/library/$ref" >/dev/null ;;
+    esac
+  done
 }
 
 stop_pid() { # pidfile
