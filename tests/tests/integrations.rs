@@ -814,3 +814,49 @@ async fn prometheus_by_the_operators_resources() {
         "Prometheus k8s is not available on a: 0/2 pods ready"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_answers_too_much_fails_the_check_not_the_aggregator() {
+    // Whoever writes a target's Secret chooses the server: an answer over 16 MiB (here a
+    // real list of 72 Deployments carrying 250 kB annotations each) fails the check.
+    let w = World::new().await;
+    w.ready_target("a", 1, json!({})).await;
+    let big = w.namespace(1, "big").await;
+    let filler = "x".repeat(250_000);
+    let deploy = fleetmirror_tests::mirror::ar("apps", "v1", "Deployment", "deployments");
+    for i in 0..72 {
+        fleetmirror_tests::integrations::apply_on(
+            &w.clients[1],
+            &deploy,
+            json!({"metadata": {"name": format!("d{i:02}"), "namespace": big, "annotations": {"filler": filler}},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+                            "template": {"metadata": {"labels": {"app": "d"}},
+                                         "spec": {"containers": [{"name": "c", "image": "example.invalid/c"}]}}}}),
+        )
+        .await;
+    }
+    w.integration(
+        "huge",
+        json!({"type": "workloads", "targetClusters": ["a"], "config": {"namespace": big}}),
+    )
+    .await;
+    let agg = w.start(&[]);
+    let o = w
+        .wait(&integrations(), "huge", "the check failed", |s| {
+            phase(s) == "Failed"
+        })
+        .await;
+    assert_eq!(
+        clusters(&o["status"])[0],
+        (
+            "a".into(),
+            "Unreachable".into(),
+            "CheckFailed".into(),
+            "checking a failed: the answer to list deployments.apps is larger than 16 MiB".into()
+        )
+    );
+    assert!(
+        agg.metric("fleetmirror_build_info").is_some(),
+        "the aggregator still serves"
+    );
+}

@@ -111,13 +111,25 @@ pub async fn build(
     config.write_timeout = Some(request_timeout);
     config.default_retry = false;
     config.default_namespace = "default".into();
-    let client = kube::Client::try_from(config).map_err(|e| bounded(&e.to_string()))?;
+    // Whoever may write a target's Secret chooses the server: what it sends is bounded, so a
+    // huge answer fails the check instead of the aggregator's memory.
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| bounded(&e.to_string()))?
+        .with_layer(&tower::util::MapResponseLayer::new(limit_body))
+        .build();
     Ok(TargetClient {
         client,
         server: endpoint.server.clone(),
         id: CLIENT_IDS.fetch_add(1, Ordering::Relaxed),
         slices: Default::default(),
     })
+}
+
+/// The largest answer read from a target cluster.
+pub const MAX_ANSWER: usize = 16 << 20;
+
+fn limit_body<B>(r: http::Response<B>) -> http::Response<http_body_util::Limited<B>> {
+    r.map(|b| http_body_util::Limited::new(b, MAX_ANSWER))
 }
 
 /// A failed request: the metric's category and what the status says.
@@ -205,6 +217,15 @@ pub fn classify(e: &kube::Error, verb: &str, resource: &str, deadline: Duration)
                 cause = next;
             }
             let text = chain.join(": ").to_lowercase();
+            if text.contains("length limit exceeded") {
+                return Failure {
+                    category: "decode",
+                    unchecked: Unchecked::CheckFailed(format!(
+                        "the answer to {verb} {resource} is larger than {} MiB",
+                        MAX_ANSWER >> 20
+                    )),
+                };
+            }
             use std::io::ErrorKind as K;
             match io_kind {
                 Some(K::ConnectionRefused) => unreachable("connect", "connection refused".into()),
