@@ -264,6 +264,12 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     fn all(&self) -> Vec<Arc<K>> {
         self.0.iter().flat_map(|s| s.state()).collect()
     }
+
+    /// The object `namespace/name`, if a store holds it.
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = kube::runtime::reflector::ObjectRef::<K>::new(name).within(namespace);
+        self.0.iter().find_map(|s| s.get(&key))
+    }
 }
 
 fn target_secret(t: &IntegrationTarget) -> (String, String) {
@@ -432,20 +438,19 @@ impl IntegrationsController {
                     self.receive(&mut memory, m);
                 }
                 let targets_now = targets.all();
-                self.sync_targets(&targets_now, &secrets, &mut memory, term, &events)
+                let winners = duplicate_winners(&targets_now);
+                self.sync_targets(&targets_now, &winners, &secrets, &mut memory, term, &events)
                     .await;
                 self.probe(&targets_now, &mut memory, &slots, &tx, &term_stop);
                 self.write_targets(&targets_now, &mut memory, term, &events, &target_writer)
                     .await;
                 let integrations_now = integrations.all();
-                let live = |objs: Vec<String>| objs.into_iter().collect::<BTreeSet<String>>();
-                let (live_i, live_t) = (
-                    live(integrations_now.iter().map(|o| slash(&**o)).collect()),
-                    live(targets_now.iter().map(|o| slash(&**o)).collect()),
-                );
+                let live_i: BTreeSet<String> =
+                    integrations_now.iter().map(|o| slash(&**o)).collect();
+                let live_t: BTreeSet<String> = targets_now.iter().map(|o| slash(&**o)).collect();
                 writer.retain(|k| live_i.contains(k));
                 target_writer.retain(|k| live_t.contains(k));
-                let resolved = self.resolve(&integrations_now, &targets_now);
+                let resolved = self.resolve(&integrations_now, &targets_now, &winners);
                 self.dispatch(&resolved, &mut memory, &slots, &tx, &term_stop);
                 self.finish(&resolved, &mut memory, term, &events, &writer)
                     .await;
@@ -589,6 +594,7 @@ impl IntegrationsController {
     async fn sync_targets(
         &self,
         targets: &[Arc<IntegrationTarget>],
+        winners: &Winners,
         secrets: &Stores<PartialObjectMeta<Secret>>,
         m: &mut Memory,
         term: &Term,
@@ -602,12 +608,6 @@ impl IntegrationsController {
             }
             keep
         });
-        let secret_rvs: HashMap<(String, String), String> = secrets
-            .all()
-            .iter()
-            .map(|s| (key_of(&**s), s.resource_version().unwrap_or_default()))
-            .collect();
-        let winners = duplicate_winners(targets);
         for t in targets {
             let key = key_of(&**t);
             let mem = m.targets.entry(key.clone()).or_default();
@@ -635,9 +635,11 @@ impl IntegrationsController {
                 continue;
             }
             let (secret, data_key) = target_secret(t);
-            let rv = secret_rvs
-                .get(&(key.0.clone(), secret.clone()))
-                .cloned()
+            // Only the referenced Secret is looked up (a pass never copies every Secret's
+            // metadata).
+            let rv = secrets
+                .get(&key.0, &secret)
+                .and_then(|s| s.resource_version())
                 .unwrap_or_default();
             let inputs = (
                 t.meta().generation,
@@ -889,30 +891,19 @@ impl IntegrationsController {
                 _ => None,
             };
             mem.written = Some(new.clone());
-            writes.push((t.clone(), new, reason == "heartbeat", event));
+            writes.push((
+                t.clone(),
+                new,
+                reason == "heartbeat",
+                event.into_iter().collect(),
+            ));
         }
-        let results = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(writes.into_iter().map(
-                |(t, new, heartbeat, event)| async move {
-                    let reason = if heartbeat { "heartbeat" } else { "changed" };
-                    let r = writer.apply(term, &*t, &new, reason).await;
-                    if r.is_ok()
-                        && let Some(e) = &event
-                    {
-                        events.publish(term, &t.object_ref(&()), e).await;
-                    }
-                    (key_of(&*t), reason, written(&r))
-                },
-            )),
-            WRITE_CONCURRENCY,
-        ))
-        .await;
-        for (key, reason, outcome) in results {
-            if let Some(counted) = outcome.counted(reason) {
-                self.metrics.status_write("IntegrationTarget", counted);
-            }
+        let results = self
+            .write_statuses(writer, term, events, "IntegrationTarget", writes)
+            .await;
+        for (t, outcome) in results {
             if outcome != Written::Ok
-                && let Some(mem) = m.targets.get_mut(&key)
+                && let Some(mem) = m.targets.get_mut(&key_of(&*t))
             {
                 // Written again once the backoff allows (the writer's next retry wakes us).
                 mem.written = None;
@@ -926,8 +917,8 @@ impl IntegrationsController {
         &self,
         integrations: &[Arc<Integration>],
         targets: &[Arc<IntegrationTarget>],
+        winners: &Winners,
     ) -> Vec<Resolved> {
-        let winners = duplicate_winners(targets);
         let mut out = Vec::new();
         for i in integrations {
             let (namespace, _) = key_of(&**i);
@@ -1235,29 +1226,12 @@ impl IntegrationsController {
             imem.written = Some(status.clone());
             writes.push((r.obj.clone(), status, reason == "heartbeat", events_due));
         }
-        let results = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(writes.into_iter().map(
-                |(obj, status, heartbeat, evs)| async move {
-                    let reason = if heartbeat { "heartbeat" } else { "changed" };
-                    let r = writer.apply(term, &*obj, &status, reason).await;
-                    if r.is_ok() {
-                        let reference = obj.object_ref(&());
-                        for e in &evs {
-                            events.publish(term, &reference, e).await;
-                        }
-                    }
-                    (obj.uid().unwrap_or_default(), reason, written(&r))
-                },
-            )),
-            WRITE_CONCURRENCY,
-        ))
-        .await;
-        for (uid, reason, outcome) in results {
-            if let Some(counted) = outcome.counted(reason) {
-                self.metrics.status_write("Integration", counted);
-            }
+        let results = self
+            .write_statuses(writer, term, events, "Integration", writes)
+            .await;
+        for (obj, outcome) in results {
             if outcome != Written::Ok
-                && let Some(i) = m.integrations.get_mut(&uid)
+                && let Some(i) = m.integrations.get_mut(&obj.uid().unwrap_or_default())
             {
                 // Built and tried again once the backoff allows (the writer's next retry).
                 i.written = None;
@@ -1269,6 +1243,52 @@ impl IntegrationsController {
             m.viewed = uids;
             self.publish_view(resolved, m);
         }
+    }
+
+    /// Applies each `(object, status, heartbeat, Events)` (the Events only once the status is
+    /// written), at most [`WRITE_CONCURRENCY`] at once, counting them under `kind`; returns how
+    /// each went.
+    async fn write_statuses<K, S>(
+        &self,
+        writer: &StatusWriter,
+        term: &Term,
+        events: &EventRecorder,
+        kind: &'static str,
+        writes: Vec<(Arc<K>, S, bool, Vec<Event>)>,
+    ) -> Vec<(Arc<K>, Written)>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        let results = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(writes.into_iter().map(
+                |(obj, status, heartbeat, evs)| async move {
+                    let reason = if heartbeat { "heartbeat" } else { "changed" };
+                    let r = writer.apply(term, &*obj, &status, reason).await;
+                    if r.is_ok() {
+                        let reference = obj.object_ref(&());
+                        for e in &evs {
+                            events.publish(term, &reference, e).await;
+                        }
+                    }
+                    (obj, reason, written(&r))
+                },
+            )),
+            WRITE_CONCURRENCY,
+        ))
+        .await;
+        results
+            .into_iter()
+            .map(|(obj, reason, outcome)| {
+                if let Some(counted) = outcome.counted(reason) {
+                    self.metrics.status_write(kind, counted);
+                }
+                (obj, outcome)
+            })
+            .collect()
     }
 
     /// The status of `r` at `now`, and the Events it calls for (against `old`).
@@ -1496,9 +1516,12 @@ fn written(r: &Result<(), crate::platform::WriteError>) -> Written {
     }
 }
 
+/// (namespace, clusterName) → the name of the target that is used for it.
+type Winners = HashMap<(String, String), String>;
+
 /// For each (namespace, clusterName) used by several targets, the one that is used: the
 /// oldest (creationTimestamp, then name).
-fn duplicate_winners(targets: &[Arc<IntegrationTarget>]) -> HashMap<(String, String), String> {
+fn duplicate_winners(targets: &[Arc<IntegrationTarget>]) -> Winners {
     let mut by: HashMap<(String, String), (String, String)> = HashMap::new();
     for t in targets {
         let (ns, name) = key_of(&**t);
