@@ -648,7 +648,11 @@ impl IntegrationsController {
                 t.spec.context.clone(),
                 rv.clone(),
             );
-            let retry_due = mem.retry_at.is_some_and(|at| at <= Instant::now());
+            // A Secret whose read failed is read again after SECRET_RETRY, not at every pass.
+            if mem.retry_at.is_some_and(|at| at > Instant::now()) {
+                continue;
+            }
+            let retry_due = mem.retry_at.is_some();
             if mem.inputs.as_ref() == Some(&inputs) && !retry_due {
                 continue;
             }
@@ -1031,6 +1035,8 @@ impl IntegrationsController {
                 imem.generation = generation;
                 imem.clusters = r.clusters.clone();
                 imem.dirty = true;
+                // The next dispatch opens the round of the new inputs.
+                imem.round = None;
             }
             let Ok(cfg) = r.config.as_ref().map_err(|_| ()) else {
                 continue;
@@ -1042,10 +1048,16 @@ impl IntegrationsController {
                 let pk = (r.uid.clone(), cluster.clone());
                 let tmem = target.as_ref().and_then(|k| m.targets.get(k));
                 let tversion = tmem.map_or(0, |t| t.version);
+                // A new leader keeps what the status says of the cluster's last answer.
+                let said = r
+                    .obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.cluster_statuses.iter().find(|c| c.name == *cluster));
                 let p = m.pairs.entry(pk.clone()).or_insert_with(|| PairMem {
                     outcome: Outcome::Pending,
-                    last_seen: None,
-                    last_checked: None,
+                    last_seen: said.and_then(|c| c.last_seen),
+                    last_checked: said.and_then(|c| c.last_checked),
                     next_due: now,
                     in_flight: false,
                     generation,
@@ -1060,7 +1072,9 @@ impl IntegrationsController {
                 if p.generation != generation || p.target_version != tversion {
                     p.next_due = now;
                 }
-                // One visit per target at a time: a due pair waits while its target is busy.
+                // One visit per target at a time: a due pair waits while its target is busy
+                // (the target it waits for is the one the loop's wake-up looks at).
+                p.target = target.clone();
                 let busy = tmem.is_some_and(|t| t.visiting && t.client.is_some());
                 if p.in_flight || p.next_due > now || busy {
                     continue;
@@ -1070,7 +1084,6 @@ impl IntegrationsController {
                 p.generation = generation;
                 p.target_version = tversion;
                 p.interval = cfg.interval;
-                p.target = target.clone();
                 p.dispatched_at = now;
                 p.next_due = now + cfg.interval;
                 let unchecked = match (target, tmem) {
@@ -1144,7 +1157,7 @@ impl IntegrationsController {
                             None => client::check(&c, t, &cfg, &pair.1, deadline, budget).await,
                         };
                         if let Err(f) = &result.outcome
-                            && matches!(f.unchecked, Unchecked::Unreachable(_))
+                            && matches!(f.category, "connect" | "timeout" | "tls")
                         {
                             dead = Some(f.clone());
                         }
@@ -1186,10 +1199,14 @@ impl IntegrationsController {
             // The round waits for the pairs it dispatched (each bounded by the request
             // timeout); pairs dispatched later belong to the next one.
             let round = imem.round;
+            // A pair not yet checked with the current generation holds the round too: a status
+            // never shows an older generation's verdict under the new observedGeneration.
+            let generation = r.obj.meta().generation;
             let in_flight = r.clusters.iter().any(|(c, _)| {
-                m.pairs
-                    .get(&(r.uid.clone(), c.clone()))
-                    .is_some_and(|p| p.in_flight && round.is_some_and(|at| p.dispatched_at <= at))
+                m.pairs.get(&(r.uid.clone(), c.clone())).is_some_and(|p| {
+                    p.generation != generation
+                        || p.in_flight && round.is_some_and(|at| p.dispatched_at <= at)
+                })
             });
             let interval = r
                 .config
