@@ -15,8 +15,8 @@
 //! `--integration-concurrency`, for at most `--cluster-request-timeout` in all, one visit per
 //! cluster at a time (pairs that fall due meanwhile wait for it), its checks one after the other
 //! with each check's reads at once (a kube client speaks HTTP/1.1: a visit opens about as many
-//! connections as one check reads). A cluster found unreachable ends the visit: its remaining
-//! checks say the same without contacting it. The next check of a pair is due an interval
+//! connections as one check reads). A cluster that refuses, does not answer or fails TLS ends
+//! the visit: its remaining checks say the same without contacting it. The next check of a pair is due an interval
 //! after its last one ended. A round of an Integration waits for the pairs it dispatched;
 //! then its status is built and written if it changed (timestamps aside) or as a heartbeat
 //! (`lastReconcileTime` older than 0.9 × the interval). Connection tests run beside visits
@@ -1135,8 +1135,8 @@ impl IntegrationsController {
                     // One slot per cluster visit, for at most the deadline. Its checks run one
                     // after the other (each check's reads at once): a visit opens about as many
                     // connections as one check reads, however many Integrations share it. Once
-                    // the cluster is found unreachable, the rest of the visit says the same
-                    // without contacting it again.
+                    // the cluster refuses, does not answer or fails TLS, the rest of the visit
+                    // says the same without contacting it again.
                     let _slot = slots.acquire().await;
                     let end = Instant::now() + deadline;
                     let mut dead: Option<Failure> = None;
