@@ -3,10 +3,13 @@
 # appVersion (what the chart's default image reference uses), from the release binaries and
 # exactly the shared libraries `ldd` names for them.
 #
-#   scripts/build-image.sh [--out ARCHIVE] [--tag REF] [--push REF]
+#   scripts/build-image.sh [--out ARCHIVE] [--tag REF] [--push REF] [--profile release|dev] [--no-build]
 #     --out ARCHIVE  write an OCI archive (default ~/.cache/fleetmirror/images/fleetmirror-<version>.tar)
 #     --tag REF      image reference (default fleetmirror/fleetmirror:<chart appVersion>)
 #     --push REF     also push to a registry (buildah push; log in first with `buildah login`)
+#     --profile P    cargo profile of the binaries (default release: fat LTO, ~14 min cold); the
+#                    tests use `dev` (the binaries they already built, debug info stripped)
+#     --no-build     use the binaries as they are in the target directory (tests: cargo is busy)
 #
 # Then: `scripts/node.sh import <archive>` (the test node), or for a cluster of your own, push it
 # and install the chart with `--set image.repository=...,image.tag=...`.
@@ -22,27 +25,39 @@ CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
 out=$CACHE/images/fleetmirror-$version.tar
 tag=fleetmirror/fleetmirror:$version
 push=""
+profile=release
+build=1
 while [ $# -gt 0 ]; do
   case $1 in
     --out) out=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --push) push=$2; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
   esac
 done
 
 bash scripts/control-plane.sh apt-install buildah
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
-log "building the release binaries"
-cargo build --release --locked --bin fleetmirror-agent --bin fleetmirror-aggregator
+case $profile in
+  release) dir=release ;;
+  dev) dir=debug ;;
+  *) die "--profile is release or dev" ;;
+esac
+if [ "$build" = 1 ]; then
+  log "building the $profile binaries"
+  cargo build --profile "$profile" --locked --bin fleetmirror-agent --bin fleetmirror-aggregator
+fi
 ctx=$(mktemp -d)
 store=$(mktemp -d)
 trap 'rm -rf "$ctx" "$store"' EXIT
 mkdir -p "$ctx/rootfs/usr/local/bin"
 for b in fleetmirror-agent fleetmirror-aggregator; do
-  install -m 0755 "$CARGO_TARGET_DIR/release/$b" "$ctx/rootfs/usr/local/bin/$b"
+  install -m 0755 "$CARGO_TARGET_DIR/$dir/$b" "$ctx/rootfs/usr/local/bin/$b"
+  [ "$profile" = release ] || strip --strip-debug "$ctx/rootfs/usr/local/bin/$b"
   # Every library ldd resolves (and the loader), at the same path.
-  ldd "$CARGO_TARGET_DIR/release/$b" | grep -o '/[^ ]*' | while read -r lib; do
+  ldd "$CARGO_TARGET_DIR/$dir/$b" | grep -o '/[^ ]*' | while read -r lib; do
     [ -e "$ctx/rootfs$lib" ] || cp --parents -L "$lib" "$ctx/rootfs"
   done
 done

@@ -4,10 +4,17 @@
 # directly and set their status through the status subresource, exactly as vCluster's syncer
 # leaves them on a host.
 #
-#   scripts/control-plane.sh build                    install etcd, build + cache kube-apiserver
-#   scripts/control-plane.sh build-node               build + cache kubelet, kube-controller-manager,
-#                                                     kube-scheduler and pause (scripts/node.sh uses them)
-#   scripts/control-plane.sh up [--clusters N]        start (or reuse) N clusters on one etcd
+#   scripts/control-plane.sh build [--with-node]      install etcd, build + cache kube-apiserver
+#                                                     (--with-node: and build-node's binaries, in one go)
+#   scripts/control-plane.sh build-node               build + cache kubelet, kube-proxy,
+#                                                     kube-controller-manager, kube-scheduler and
+#                                                     pause (scripts/node.sh uses them)
+#   scripts/control-plane.sh up [--clusters N] [--for-node]
+#                                                     start (or reuse) N clusters on one etcd;
+#                                                     --for-node: cluster 0 as a node needs it
+#                                                     (scripts/node.sh): reachable from pods on the
+#                                                     host's address, ServiceAccount admission on
+#   scripts/control-plane.sh host-ip                  the host's IPv4 address (a node's InternalIP)
 #   scripts/control-plane.sh status                   what runs, and the kubeconfig paths
 #   scripts/control-plane.sh kubeconfig [I]           print cluster I's kubeconfig path (default 0)
 #   scripts/control-plane.sh stop-apiserver [I]       stop cluster I's kube-apiserver (fault tests)
@@ -29,8 +36,11 @@ APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION-r$BUILD_REVISION/kube-apiserver
 # The node's binaries (scripts/node.sh), built from the same source; NODE_REVISION keys them.
 NODE_REVISION=1
 NODE_BIN=$CACHE/node-$KUBE_VERSION-r$NODE_REVISION
-NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler pause)
+NODE_BINARIES=(kubelet kube-proxy kube-controller-manager kube-scheduler pause)
 ADMIN_TOKEN=fleetmirror-admin-token
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
+HOST_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n1 || true)
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -99,48 +109,72 @@ make_what() { # "cmd/a cmd/b" description
   log "built $2 in $((SECONDS - start))s"
 }
 
-# Builds kube-apiserver and caches the binary, keyed by version.
+# Builds kube-apiserver and caches the binary, keyed by version. With --with-node, the node's
+# binaries too (build_node), in the same `make`: one source fetch and one code generation.
 build() {
   apt_install etcd-server openssl python3 curl
   command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
   if [ -x "$APISERVER" ]; then
+    [ "${1:-}" = --with-node ] && build_node
     return 0
   fi
+  local also=()
+  if [ "${1:-}" = --with-node ]; then
+    local b
+    for b in "${NODE_BINARIES[@]}"; do [ -x "$NODE_BIN/$b" ] || also+=("$b"); done
+  fi
+  [ ${#also[@]} -gt 0 ] && apt_install gcc libc6-dev
   fetch_source
-  make_what cmd/kube-apiserver "kube-apiserver $KUBE_VERSION (about 10 minutes on 2 cores)"
+  local cmds=(cmd/kube-apiserver) b
+  for b in "${also[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
+  make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (about 4 minutes per binary on 2 cores)"
   mkdir -p "$(dirname "$APISERVER")"
   install -m 0755 "$TREE/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
   mv "$APISERVER.tmp" "$APISERVER"
-  rm -rf "$WORK"
   log "cached $APISERVER"
+  [ ${#also[@]} -gt 0 ] && cache_node_binaries "${also[@]}"
+  rm -rf "$WORK"
 }
 
-# Builds the node's binaries (kubelet, kube-controller-manager, kube-scheduler, and the pause
-# container's binary from the tree's build/pause/linux/pause.c) and caches them.
+# Builds the node's binaries (kubelet, kube-proxy, kube-controller-manager, kube-scheduler, and
+# the pause container's binary from the tree's build/pause/linux/pause.c) and caches them. Only
+# the missing ones are built, so a cache from before a binary was added is completed, not redone.
 build_node() {
-  local missing=0 b
-  for b in "${NODE_BINARIES[@]}"; do [ -x "$NODE_BIN/$b" ] || missing=1; done
-  [ "$missing" = 0 ] && return 0
+  local missing=() b
+  for b in "${NODE_BINARIES[@]}"; do [ -x "$NODE_BIN/$b" ] || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
   apt_install gcc libc6-dev
   fetch_source
-  make_what "cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler" \
-    "kubelet, kube-controller-manager and kube-scheduler $KUBE_VERSION (about 12 minutes on 2 cores)"
+  local cmds=()
+  for b in "${missing[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
+  if [ ${#cmds[@]} -gt 0 ]; then
+    make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (about 4 minutes per binary on 2 cores)"
+  fi
+  cache_node_binaries "${missing[@]}"
+  rm -rf "$WORK"
+}
+
+# Copies the named node binaries from the build tree ($TREE) into the cache.
+cache_node_binaries() {
+  local b
   mkdir -p "$NODE_BIN"
-  for b in kubelet kube-controller-manager kube-scheduler; do
-    install -m 0755 "$TREE/_output/local/bin/linux/amd64/$b" "$NODE_BIN/$b.tmp"
+  for b in "$@"; do
+    if [ "$b" = pause ]; then
+      gcc -Os -static -o "$NODE_BIN/pause.tmp" "$TREE/build/pause/linux/pause.c"
+    else
+      install -m 0755 "$TREE/_output/local/bin/linux/amd64/$b" "$NODE_BIN/$b.tmp"
+    fi
     mv "$NODE_BIN/$b.tmp" "$NODE_BIN/$b"
   done
-  gcc -Os -static -o "$NODE_BIN/pause.tmp" "$TREE/build/pause/linux/pause.c"
-  mv "$NODE_BIN/pause.tmp" "$NODE_BIN/pause"
-  rm -rf "$WORK"
-  log "cached the node's binaries in $NODE_BIN"
+  log "cached $* in $NODE_BIN"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# A CA and a serving certificate it signs. (rustls, which kube-rs uses, refuses a self-signed
+# A CA and a serving certificate it signs (valid for loopback, for the in-cluster names and
+# Service address of `kubernetes`, and for the host's address, which pods reach it on). (rustls, which kube-rs uses, refuses a self-signed
 # CA certificate presented as the server's own, so the two must be distinct.)
 certs() {
   local d=$STATE/pki
@@ -152,7 +186,9 @@ certs() {
   openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
     -keyout "$d/serving.key" -out "$d/serving.csr" 2>/dev/null
   printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
-    'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost' >"$d/serving.ext"
+    'extendedKeyUsage=serverAuth' \
+    "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${HOST_IP:+,IP:$HOST_IP}" \
+    >"$d/serving.ext"
   openssl x509 -req -in "$d/serving.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3650 -extfile "$d/serving.ext" -out "$d/serving.crt" 2>/dev/null
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
@@ -201,14 +237,22 @@ start_apiserver() {
   [ -f "$dir/port" ] || free_port >"$dir/port"
   local port
   port=$(cat "$dir/port")
+  # Loopback only, and pods are created without ServiceAccounts (tests create them directly);
+  # cluster 0 of a control plane started --for-node serves pods on the host's address instead,
+  # as a real cluster's API server does, and admits pods the way a real cluster does.
+  local reach=(--bind-address=127.0.0.1 --disable-admission-plugins=ServiceAccount)
+  if [ "$i" = 0 ] && [ -f "$STATE/for-node" ]; then
+    [ -n "$HOST_IP" ] || die "no host IPv4 address for a node's control plane"
+    reach=(--bind-address=0.0.0.0 --advertise-address="$HOST_IP")
+  fi
   setsid "$APISERVER" --etcd-servers="http://127.0.0.1:$(cat "$STATE/etcd.port")" --etcd-prefix="/cluster-$i" \
-    --secure-port="$port" --bind-address=127.0.0.1 \
+    --secure-port="$port" "${reach[@]}" \
     --tls-cert-file="$STATE/pki/serving.crt" --tls-private-key-file="$STATE/pki/serving.key" \
     --token-auth-file="$STATE/pki/tokens.csv" --authorization-mode=RBAC \
     --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
     --service-account-issuer=https://localhost --api-audiences=https://localhost \
-    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true --cert-dir="$dir/certs" \
-    --disable-admission-plugins=ServiceAccount >"$dir/apiserver.log" 2>&1 </dev/null 9>&- &
+    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true --cert-dir="$dir/certs" \
+    >"$dir/apiserver.log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/apiserver.pid"
   write_kubeconfig "$i" "$port"
 }
@@ -230,10 +274,11 @@ wait_ready() {
 clusters_up() { find "$STATE" -maxdepth 1 -name 'cluster-*' -type d | wc -l; }
 
 up() {
-  local n=1
+  local n=1 for_node=0
   while [ $# -gt 0 ]; do
     case $1 in
       --clusters) n=${2:?--clusters needs a number}; shift 2 ;;
+      --for-node) for_node=1; shift ;;
       *) die "unknown argument to up: $1" ;;
     esac
   done
@@ -242,6 +287,10 @@ up() {
   mkdir -p "$STATE"
   exec 9>"$STATE/lock"
   flock 9
+  if [ "$for_node" = 1 ] && [ ! -f "$STATE/for-node" ]; then
+    [ -f "$STATE/cluster-0/apiserver.pid" ] && die "$STATE runs without --for-node; take it down first"
+    touch "$STATE/for-node"
+  fi
   certs
   start_etcd
   local have
@@ -279,6 +328,12 @@ stop_pid() {
 }
 
 down() {
+  # Control planes of their own that tests started inside this one's directory (dedicated-*,
+  # real-node-*) go first, so an interrupted test run leaves none behind.
+  local sub
+  for sub in "$STATE"/*/; do
+    [ -f "$sub/etcd.pid" ] && FLEETMIRROR_CP_DIR=${sub%/} bash "${BASH_SOURCE[0]}" down
+  done
   # A node registered to this control plane goes first (it undoes what kubelet changed).
   [ -d "$STATE/node" ] && FLEETMIRROR_CP_DIR=$STATE bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" down
   for d in "$STATE"/cluster-*; do [ -d "$d" ] && stop_pid "$d/apiserver.pid"; done
@@ -290,9 +345,10 @@ down() {
 cmd=${1:-}
 shift || true
 case $cmd in
-  build) build; log "kube-apiserver: $APISERVER" ;;
+  build) build "$@"; log "kube-apiserver: $APISERVER" ;;
   build-node) build_node ;;
   node-bin-dir) echo "$NODE_BIN" ;;
+  host-ip) [ -n "$HOST_IP" ] || die "no host IPv4 address"; echo "$HOST_IP" ;;
   apt-install) apt_install "$@" ;;
   up) up "$@" ;;
   status) status ;;

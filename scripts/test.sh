@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every fleetmirror test on this machine, installing what it needs first:
-#   helm, kubernetes-validate and grpcurl (scripts/install-tools.sh), etcd and a cached
-#   kube-apiserver build (scripts/control-plane.sh), then `cargo test --workspace`.
+#   helm, kubernetes-validate and grpcurl (scripts/install-tools.sh), etcd and cached builds of
+#   kube-apiserver and a node's binaries (scripts/control-plane.sh build --with-node), containerd
+#   and the node's images (scripts/node.sh build), then `cargo test --workspace`.
 #
 # The end-to-end tests run against a real control plane started here in a fresh directory
-# and stopped at the end; the agent's tests need root (CAP_SYS_ADMIN) and fail, loudly, without.
+# and stopped at the end; the real-node test (tests/tests/real_node.rs) starts a control plane
+# and a node of its own and takes them down. The agent's and the node's tests need root
+# (CAP_SYS_ADMIN) and fail, loudly, without.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -- <filter>     extra arguments go to `cargo test`
@@ -22,8 +25,9 @@ command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found; install
 step "tools: helm, kubernetes-validate, grpcurl"
 scripts/install-tools.sh >/dev/null
 
-step "control plane: etcd + kube-apiserver (built once, then cached)"
-scripts/control-plane.sh build
+step "control plane and a real node: etcd, kube-apiserver, kubelet, kube-proxy, kube-controller-manager, kube-scheduler, containerd, images (built once, then cached)"
+scripts/control-plane.sh build --with-node
+scripts/node.sh build
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fleetmirror/target}
 FLEETMIRROR_CP_DIR=$(mktemp -d /tmp/fleetmirror-test-cp.XXXXXX)

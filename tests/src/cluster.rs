@@ -42,7 +42,8 @@ fn run_script(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn shared_dir() -> PathBuf {
+/// The shared control plane's state directory (`FLEETMIRROR_CP_DIR`, default `/tmp/fleetmirror-cp`).
+pub fn shared_dir() -> PathBuf {
     std::env::var_os("FLEETMIRROR_CP_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/tmp/fleetmirror-cp".into())

@@ -13,6 +13,8 @@
 //! * [`node`]: a fake node (temporary roots in a private mount namespace that outlives agents);
 //! * [`pod`] and [`sandbox`]: a workload started the way its rendered manifest runs it (its
 //!   environment, volumes, user and read-only root in a container of its own);
+//! * [`realnode`]: a real node (kubelet, containerd, kube-proxy, controller-manager, scheduler)
+//!   on a control plane of its own, with the product image imported;
 //! * [`tls`]: a CA and serving certificates made with openssl;
 //! * [`process`]: the binaries as child processes on free loopback ports, killed on drop, with
 //!   their logs kept for failure messages; [`eventually`] for polling.
@@ -28,6 +30,7 @@ pub mod mirror;
 pub mod node;
 pub mod pod;
 pub mod process;
+pub mod realnode;
 pub mod routing;
 pub mod sandbox;
 pub mod tls;

@@ -59,9 +59,14 @@ impl Rendered {
     /// `helm template` of the chart with `--set` values, as `scripts/render-manifests.sh`
     /// renders install.yaml (same release and namespace).
     pub fn helm(set: &[&str]) -> Rendered {
+        Rendered::helm_chart(&crate::repo_root().join("charts/fleetmirror"), set)
+    }
+
+    /// `helm template` of the chart at `chart` (e.g. a test's modified copy) with `--set` values.
+    pub fn helm_chart(chart: &Path, set: &[&str]) -> Rendered {
         let mut cmd = Command::new(crate::tools_bin().join("helm"));
         cmd.args(["template", RELEASE])
-            .arg(crate::repo_root().join("charts/fleetmirror"))
+            .arg(chart)
             .args(["--namespace", NAMESPACE]);
         for s in set {
             cmd.args(["--set", s]);
