@@ -14,6 +14,9 @@
 #
 #   scripts/demo.sh           run until Ctrl-C
 #   scripts/demo.sh --check   start everything, check what the demo promises, stop (used by tests)
+#   scripts/demo.sh --real-node [--check]
+#                             the same job on a real node (kubelet + containerd), the chart
+#                             installed with helm as a user would: scripts/demo-real-node.sh
 #
 # Environment: FLEETMIRROR_DEMO_DIR (default /tmp/fleetmirror-demo) holds the control plane,
 # the temporary node directories and the logs; FLEETMIRROR_DEMO_GRPC_PORT / _ADMIN_PORT /
@@ -26,7 +29,8 @@ check=0
 case "${1:-}" in
   "") ;;
   --check) check=1 ;;
-  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+  --real-node) shift; exec "$root/scripts/demo-real-node.sh" "$@" ;;
+  *) echo "usage: $0 [--check] | --real-node [--check]" >&2; exit 2 ;;
 esac
 
 DIR=${FLEETMIRROR_DEMO_DIR:-/tmp/fleetmirror-demo}

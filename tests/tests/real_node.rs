@@ -25,6 +25,10 @@
 //!    the check can fail;
 //! 10. the node goes down and nothing of it is left: no process, mount, bridge, KUBE-* chain
 //!     or cgroup, every sysctl and `/`'s propagation as they were.
+//!
+//! A second test runs `scripts/demo.sh --real-node --check` (the chart installed with `helm
+//! install`, as a user would) and checks the same teardown. The two take turns: one kubelet
+//! per machine.
 
 use std::time::{Duration, Instant};
 
@@ -247,8 +251,68 @@ async fn health(client: &kube::Client, ns: &str) -> Option<(i32, String, String,
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_chart_as_shipped_works_on_a_real_node() {
+/// One node per machine: the tests of this file take turns.
+static ONE_NODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn the_real_node_demo_installs_the_chart_with_helm() {
+    let _turn = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = host_settings();
+    let bin_dir = fleetmirror_tests::process::binary("fleetmirror-agent")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    fleetmirror_tests::process::binary("fleetmirror-aggregator");
+    let dir = fleetmirror_tests::cluster::shared_dir()
+        .join(format!("demo-node-{}", fleetmirror_tests::suffix()));
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/demo.sh"))
+        .args(["--real-node", "--check"])
+        .env("FLEETMIRROR_DEMO_DIR", &dir)
+        .env("FLEETMIRROR_BIN_DIR", &bin_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("scripts/demo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/demo.sh --real-node --check failed:\n{stdout}"
+    );
+    for promised in [
+        "fleetmirror runs on a real node.",
+        "web-0: written by web-0 into its emptyDir",
+        "\"name\": \"fleetmirror-node\"",
+        "demo check: ok",
+    ] {
+        assert!(stdout.contains(promised), "{promised:?} missing:\n{stdout}");
+    }
+    assert!(!dir.exists(), "the demo removes its directory");
+    let left = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/node.sh"))
+        .arg("leftovers")
+        .env("FLEETMIRROR_CP_DIR", dir.join("control-plane"))
+        .output()
+        .unwrap();
+    assert!(
+        left.status.success(),
+        "left on the machine:\n{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert_eq!(host_settings(), before, "host settings restored");
+}
+
+#[test]
+fn the_chart_as_shipped_works_on_a_real_node() {
+    let _turn = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(chart_as_shipped());
+}
+
+async fn chart_as_shipped() {
     let before = host_settings();
     let node = RealNode::start();
     let client = node.client().await;
