@@ -37,7 +37,6 @@ APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION-r$BUILD_REVISION/kube-apiserver
 NODE_REVISION=1
 NODE_BIN=$CACHE/node-$KUBE_VERSION-r$NODE_REVISION
 NODE_BINARIES=(kubelet kube-proxy kube-controller-manager kube-scheduler pause)
-ADMIN_TOKEN=fleetmirror-admin-token
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 HOST_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n1 || true)
@@ -191,9 +190,21 @@ certs() {
     >"$d/serving.ext"
   openssl x509 -req -in "$d/serving.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3650 -extfile "$d/serving.ext" -out "$d/serving.crt" 2>/dev/null
+  # The admin's token: random per control plane (it is system:masters).
+  openssl rand -hex 24 >"$d/admin-token"
+  chmod 600 "$d/admin-token"
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
-  printf '%s,admin,admin,"system:masters"\n' "$ADMIN_TOKEN" >"$d/tokens.csv"
+  printf '%s,admin,admin,"system:masters"\n' "$(cat "$d/admin-token")" >"$d/tokens.csv"
+  chmod 600 "$d/tokens.csv" "$d"/*.key
+}
+
+admin_token() { cat "$STATE/pki/admin-token"; }
+
+# Where cluster I's API server is reached: loopback, or the host's address for cluster 0 of a
+# control plane started --for-node (which serves pods and listens there only).
+api_host() { # i
+  if [ "$1" = 0 ] && [ -f "$STATE/for-node" ]; then echo "$HOST_IP"; else echo 127.0.0.1; fi
 }
 
 start_etcd() {
@@ -211,18 +222,19 @@ start_etcd() {
 
 write_kubeconfig() {
   local i=$1 port=$2 dir=$STATE/cluster-$1
+  (umask 077 && : >"$dir/kubeconfig")
   cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: fleetmirror-local-$i
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$(api_host "$i"):$port
     certificate-authority: $STATE/pki/ca.crt
 users:
 - name: admin
   user:
-    token: $ADMIN_TOKEN
+    token: $(admin_token)
 contexts:
 - name: fleetmirror-local-$i
   context: {cluster: fleetmirror-local-$i, user: admin}
@@ -238,12 +250,13 @@ start_apiserver() {
   local port
   port=$(cat "$dir/port")
   # Loopback only, and pods are created without ServiceAccounts (tests create them directly);
-  # cluster 0 of a control plane started --for-node serves pods on the host's address instead,
-  # as a real cluster's API server does, and admits pods the way a real cluster does.
+  # cluster 0 of a control plane started --for-node serves pods on the host's address instead
+  # (only there: pods reach it through the `kubernetes` Service), as a real cluster's API server
+  # does, and admits pods the way a real cluster does.
   local reach=(--bind-address=127.0.0.1 --disable-admission-plugins=ServiceAccount)
   if [ "$i" = 0 ] && [ -f "$STATE/for-node" ]; then
     [ -n "$HOST_IP" ] || die "no host IPv4 address for a node's control plane"
-    reach=(--bind-address=0.0.0.0 --advertise-address="$HOST_IP")
+    reach=(--bind-address="$HOST_IP" --advertise-address="$HOST_IP")
   fi
   setsid "$APISERVER" --etcd-servers="http://127.0.0.1:$(cat "$STATE/etcd.port")" --etcd-prefix="/cluster-$i" \
     --secure-port="$port" "${reach[@]}" \
@@ -261,7 +274,7 @@ wait_ready() {
   local i=$1 dir=$STATE/cluster-$1 port
   port=$(cat "$dir/port")
   for _ in $(seq 1 240); do
-    if [ "$(curl -sk --max-time 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$port/readyz" 2>/dev/null)" = ok ]; then
+    if [ "$(curl -sk --max-time 2 -H "Authorization: Bearer $(admin_token)" "https://$(api_host "$i"):$port/readyz" 2>/dev/null)" = ok ]; then
       return 0
     fi
     alive "$dir/apiserver.pid" || { tail -n 20 "$dir/apiserver.log" >&2; die "kube-apiserver $i exited"; }
@@ -285,6 +298,7 @@ up() {
   [[ $n =~ ^[1-9][0-9]?$ ]] || die "--clusters takes 1..99"
   build
   mkdir -p "$STATE"
+  chmod 700 "$STATE"
   exec 9>"$STATE/lock"
   flock 9
   if [ "$for_node" = 1 ] && [ ! -f "$STATE/for-node" ]; then
@@ -308,7 +322,7 @@ status() {
   for d in "$STATE"/cluster-*; do
     [ -d "$d" ] || continue
     if alive "$d/apiserver.pid"; then
-      log "$(basename "$d"): running on https://127.0.0.1:$(cat "$d/port"), KUBECONFIG=$d/kubeconfig"
+      log "$(basename "$d"): running on https://$(api_host "${d##*-}"):$(cat "$d/port"), KUBECONFIG=$d/kubeconfig"
     else
       log "$(basename "$d"): stopped"
     fi
@@ -331,9 +345,9 @@ down() {
   # Control planes of their own that tests started inside this one's directory (dedicated-*,
   # real-node-*) go first, so an interrupted test run leaves none behind.
   local sub
-  for sub in "$STATE"/*/; do
-    [ -f "$sub/etcd.pid" ] && FLEETMIRROR_CP_DIR=${sub%/} bash "${BASH_SOURCE[0]}" down
-  done
+  while IFS= read -r sub; do
+    [ "$sub" = "$STATE" ] || FLEETMIRROR_CP_DIR=$sub bash "${BASH_SOURCE[0]}" down
+  done < <(find "$STATE" -mindepth 2 -maxdepth 4 -name etcd.pid -printf '%h\n' 2>/dev/null | sort -r)
   # A node registered to this control plane goes first (it undoes what kubelet changed).
   [ -d "$STATE/node" ] && FLEETMIRROR_CP_DIR=$STATE bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" down
   for d in "$STATE"/cluster-*; do [ -d "$d" ] && stop_pid "$d/apiserver.pid"; done

@@ -42,8 +42,12 @@ export PATH=$TOOLS:$PATH
 
 export FLEETMIRROR_CP_DIR=$DIR/control-plane
 cleanup() {
-  scripts/control-plane.sh down >/dev/null 2>&1 || true
-  rm -rf "$DIR"
+  # The directory holds what `down` needs to restore the host: keep it if `down` failed.
+  if scripts/control-plane.sh down >/dev/null 2>&1; then
+    rm -rf --one-file-system "$DIR"
+  else
+    printf 'demo: taking the node down failed; retry with: FLEETMIRROR_CP_DIR=%s scripts/control-plane.sh down\n' "$FLEETMIRROR_CP_DIR" >&2
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -139,9 +143,9 @@ if [ "$check" = 1 ]; then
     || die "the aggregator does not have two ready replicas"
   [ "$(kubectl -n fleetmirror-system get daemonset fleetmirror-agent -o jsonpath='{.status.numberReady}')" = 1 ] \
     || die "the agent DaemonSet is not ready"
-  findmnt -rn -o TARGET | grep -qx "/var/lib/loft/alpha/kubelet/pods/$WEB_UID" || die "no host mount for web-0"
-  grpcurl -plaintext -d '{}' "$SVC" fleetmirror.v1.Diagnostics/ListNodes | grep -q '"name": "fleetmirror-node"' \
-    || die "ListNodes through the Service does not show the node"
+  mountpoint -q "/var/lib/loft/alpha/kubelet/pods/$WEB_UID" || die "no host mount for web-0"
+  nodes=$(grpcurl -plaintext -d '{}' "$SVC" fleetmirror.v1.Diagnostics/ListNodes)
+  grep -q '"name": "fleetmirror-node"' <<<"$nodes" || die "ListNodes through the Service does not show the node"
   echo "demo check: ok"
   exit 0
 fi

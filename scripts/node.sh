@@ -5,8 +5,8 @@
 # Service addresses work from pods and from the host), kube-controller-manager and
 # kube-scheduler (Deployments, DaemonSets and ServiceAccount tokens without help), all built once
 # from the same Debian kubernetes source as kube-apiserver and cached. Cluster DNS is a stand-in:
-# dnsmasq on the host's address answering <service>.<namespace>.svc.cluster.local with the
-# Services' ClusterIPs (re-read from the API every second). Images are built offline with buildah
+# dnsmasq on the pods' bridge (10.244.0.1) answering <service>.<namespace>.svc.cluster.local with
+# the Services' ClusterIPs (re-read from the API every second). Images are built offline with buildah
 # (`FROM scratch`): a pause image from the kubernetes source's pause.c and a busybox test image;
 # `scripts/node.sh import <oci-archive>` adds others (the product image).
 #
@@ -23,12 +23,19 @@
 #   scripts/node.sh down             stop everything and undo what kubelet changed on the host
 #   scripts/node.sh leftovers        print what of a node is still here; fails if anything is
 #
-# One node per machine (kubelet writes fixed host paths). `up` cleans up a crashed run first.
-# `down` stops processes by pid, kills the pods' shims, unmounts everything under the node's
-# state and the pods' network namespaces, removes kubelet's cgroups and the CNI bridge, removes
-# the fixed host paths kubelet and the agent create (those that did not exist before `up`),
-# removes the KUBE-* iptables chains kubelet and kube-proxy make, makes `/` private again if it
-# was, and restores every sysctl kubelet, kube-proxy and `up` change to its value before `up`.
+# One node per machine (kubelet writes fixed host paths): the running node's state directory is
+# recorded in /run/fleetmirror-node, and `up` refuses while that node runs, takes it down first if
+# it crashed (wherever its directory), and refuses on a machine with another kubelet, KUBE-*
+# iptables chains or mounts under /var/lib/kubelet (a node of someone else's). A failed `up`
+# takes down what it started. `down` stops processes by pid (checked against their command
+# line) and process group, kills the pods' shims, unmounts everything under the node's state,
+# /var/lib/kubelet, the agent's roots and the network namespaces the node created, removes
+# kubelet's cgroups and the CNI bridge, removes the fixed host paths kubelet, containerd and
+# the agent create (those that did not exist before `up`), deletes the KUBE-* iptables chains
+# and the rules that jump to them (nothing else), puts every mount's propagation back, unloads
+# br_netfilter if `up` loaded it, and restores every sysctl kubelet, kube-proxy and `up` change
+# to its value before `up`. cgroup v2 hosts are refused (kubelet 1.20's cgroupfs driver, and
+# this teardown, know cgroup v1).
 #
 # Environment: FLEETMIRROR_CACHE, FLEETMIRROR_CP_DIR (as control-plane.sh; the node's state is
 # $FLEETMIRROR_CP_DIR/node), FLEETMIRROR_NODE_NAME (default fleetmirror-node).
@@ -43,15 +50,29 @@ BRIDGE=fmcni0
 SOCK=$STATE/containerd.sock
 PAUSE_IMAGE=localhost/fleetmirror/pause:3.2
 BUSYBOX_IMAGE=localhost/fleetmirror/busybox:test
-SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.conf.all.route_localnet
+SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet
   net.bridge.bridge-nf-call-iptables net.ipv4.ip_forward)
-# Fixed paths kubelet writes whatever its flags say, and the agent's roots (chart defaults).
-HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /run/netns /var/lib/loft /tmp/vcluster)
+# Fixed paths kubelet and containerd's shims write whatever their flags say, and the agent's
+# roots (chart defaults).
+HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /run/netns /run/containerd
+  /var/lib/loft /tmp/vcluster)
+# The node running on this machine (its state directory), and the lock `up` and `down` take.
+REGISTRY=/run/fleetmirror-node
+GATEWAY=10.244.0.1
 CLUSTER_DOMAIN=cluster.local
 
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether the process of pidfile $1 runs, and is what it says (its command line names $2, or
+# the pidfile's name): a stale pidfile's number may be another process's by now.
+alive() { # pidfile [name]
+  [ -f "$1" ] || return 1
+  local pid name=${2:-$(basename "$1" .pid)}
+  pid=$(cat "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
+}
 
 bin_dir() { bash "$root/scripts/control-plane.sh" node-bin-dir; }
 
@@ -97,38 +118,85 @@ host_ip() { bash "$root/scripts/control-plane.sh" host-ip; }
 
 ctr_() { ctr --address "$SOCK" -n k8s.io "$@"; }
 
+all_alive() {
+  local p
+  for p in containerd kube-proxy dnsmasq dns-sync kube-controller-manager kube-scheduler kubelet; do
+    alive "$STATE/$p.pid" || return 1
+  done
+}
+
+node_ready() { # kubeconfig
+  local ready
+  ready=$(KUBECONFIG=$1 kubectl get node "$NODE_NAME" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+  [ "$ready" = True ]
+}
+
+lock() { exec 8>"$REGISTRY.lock"; flock 8; }
+
 up() {
   [ "$(id -u)" = 0 ] || die "a node needs root"
   [ -f "$CP_STATE/cluster-0/kubeconfig" ] || die "no control plane in $CP_STATE: run scripts/control-plane.sh up --for-node first"
   [ -f "$CP_STATE/for-node" ] || die "the control plane in $CP_STATE was not started with --for-node (pods could not reach it)"
-  if [ -d "$STATE" ]; then
-    if alive "$STATE/kubelet.pid"; then log "the node is already up"; return 0; fi
-    log "cleaning up a previous run"
-    down
+  [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || die "cgroup v2 (unified) hosts are not supported: kubelet 1.20's cgroupfs driver and this teardown need cgroup v1"
+  lock
+  local other
+  other=$(cat "$REGISTRY" 2>/dev/null || true)
+  if [ -n "$other" ] && [ "$other" != "$STATE" ]; then
+    if (STATE=$other; alive "$STATE/kubelet.pid"); then
+      die "another node runs on this machine ($other); one kubelet per machine"
+    fi
+    log "cleaning up a node that did not stop ($other)"
+    (STATE=$other; CP_STATE=$(dirname "$other"); SOCK=$STATE/containerd.sock; down_locked)
   fi
-  for other in /tmp/*/node/kubelet.pid; do
-    alive "$other" && die "another node runs on this machine ($(dirname "$other")); one kubelet per machine"
-  done
+  if [ -d "$STATE" ]; then
+    if all_alive && node_ready "$CP_STATE/cluster-0/kubeconfig"; then log "the node is already up"; return 0; fi
+    log "cleaning up a previous run"
+    down_locked
+  fi
+  # Nothing of another node may be here: this one's teardown would take it away.
+  local seen
+  ! pgrep -x kubelet >/dev/null || die "a kubelet runs on this machine; a test node would disturb it"
+  seen=$(findmnt -rn -o TARGET)
+  ! grep -qE '^/var/lib/kubelet(/|$)' <<<"$seen" ||
+    die "there are mounts under /var/lib/kubelet (another node's?); a test node would take them down"
+  seen=$({ iptables-save; ip6tables-save; } 2>/dev/null || true)
+  ! grep -q -- 'KUBE-' <<<"$seen" ||
+    die "iptables has KUBE-* chains (another kube-proxy or kubelet?); a test node would remove them"
+  echo "$STATE" >"$REGISTRY"
+  local ok=0
+  trap '[ "$ok" = 1 ] || { log "up failed: taking down what it started"; down_locked; rm -f "$REGISTRY"; }' EXIT
   build
   local bin kubeconfig ip
   bin=$(bin_dir)
   kubeconfig=$CP_STATE/cluster-0/kubeconfig
   ip=$(host_ip); [ -n "$ip" ] || die "no host IPv4 address"
-  mkdir -p "$STATE"/{containerd,cni,cni-ipam,kubelet-pki,logs}
+  mkdir -p "$STATE"/{containerd,cni,cni-ipam,kubelet-pki,logs,opt,runc,volume-plugins}
   # What kubelet changes on the host, to restore.
-  for s in "${SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$STATE/sysctl.saved"
+  if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+    modprobe br_netfilter 2>/dev/null ||
+      die "no br_netfilter (net.bridge.bridge-nf-call-iptables): Services between pods would not work"
+    touch "$STATE/br_netfilter.loaded"
+  fi
+  local s v
+  for s in "${SYSCTLS[@]}"; do
+    v=$(sysctl -n "$s") || die "cannot read sysctl $s"
+    echo "$s=$v"
+  done >"$STATE/sysctl.saved"
   for p in "${HOST_PATHS[@]}"; do [ -e "$p" ] && echo "$p"; done >"$STATE/host-paths.existing"
-  findmnt -no PROPAGATION / >"$STATE/root-propagation"
-  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter 2>/dev/null ||
-    die "no br_netfilter (net.bridge.bridge-nf-call-iptables): Services between pods would not work"
+  ls -d /run/netns/cni-* 2>/dev/null >"$STATE/netns.existing" || true
+  findmnt -rn -o TARGET,PROPAGATION >"$STATE/propagation.saved"
   mount --make-rshared /
-  sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
+  set_sysctl net.bridge.bridge-nf-call-iptables=1
+  set_sysctl net.ipv4.ip_forward=1
   cat >"$STATE/containerd.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
 [grpc]
   address = "$SOCK"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$STATE/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   restrict_oom_score_adj = true
@@ -138,6 +206,7 @@ state = "$STATE/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$STATE/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni"
@@ -149,7 +218,7 @@ EOF
           "routes": [{"dst": "0.0.0.0/0"}]}}
 EOF
   log "starting containerd"
-  setsid containerd --config "$STATE/containerd.toml" >"$STATE/logs/containerd.log" 2>&1 </dev/null &
+  setsid containerd --config "$STATE/containerd.toml" >"$STATE/logs/containerd.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/containerd.pid"
   for _ in $(seq 1 100); do [ -S "$SOCK" ] && ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
   ctr_ version >/dev/null 2>&1 || { tail -n 20 "$STATE/logs/containerd.log" >&2; die "containerd did not start"; }
@@ -160,26 +229,30 @@ EOF
     --proxy-mode iptables --cluster-cidr 10.244.0.0/24 --oom-score-adj 0 \
     --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0 \
     --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 \
-    >"$STATE/logs/kube-proxy.log" 2>&1 </dev/null &
+    >"$STATE/logs/kube-proxy.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/kube-proxy.pid"
   mkdir -p "$STATE/dns"
   : >"$STATE/dns/services.hosts"
+  # On the pods' bridge only (it appears with the first pod: --bind-dynamic follows it), as root
+  # (the records are in the node's private state directory).
   setsid dnsmasq --keep-in-foreground --no-resolv --no-hosts --user=root --port 53 \
-    --listen-address "$ip" --bind-interfaces --local "/$CLUSTER_DOMAIN/" \
+    --interface "$BRIDGE" --except-interface lo --bind-dynamic --local "/$CLUSTER_DOMAIN/" \
     --addn-hosts "$STATE/dns/services.hosts" --pid-file="$STATE/dns/dnsmasq.pidfile" \
-    >"$STATE/logs/dnsmasq.log" 2>&1 </dev/null &
+    >"$STATE/logs/dnsmasq.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/dnsmasq.pid"
-  setsid bash "$root/scripts/node.sh" dns-sync >"$STATE/logs/dns-sync.log" 2>&1 </dev/null &
+  sleep 0.2
+  alive "$STATE/dnsmasq.pid" || { cat "$STATE/logs/dnsmasq.log" >&2; die "dnsmasq did not start"; }
+  setsid bash "$root/scripts/node.sh" dns-sync >"$STATE/logs/dns-sync.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/dns-sync.pid"
 
   log "starting kube-controller-manager and kube-scheduler"
   setsid "$bin/kube-controller-manager" --kubeconfig "$kubeconfig" --leader-elect=false \
     --port=0 --secure-port=0 --use-service-account-credentials=false \
     --service-account-private-key-file "$CP_STATE/pki/sa.key" --root-ca-file "$CP_STATE/pki/ca.crt" \
-    >"$STATE/logs/kube-controller-manager.log" 2>&1 </dev/null &
+    >"$STATE/logs/kube-controller-manager.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/kube-controller-manager.pid"
   setsid "$bin/kube-scheduler" --kubeconfig "$kubeconfig" --leader-elect=false --port=0 --secure-port=0 \
-    >"$STATE/logs/kube-scheduler.log" 2>&1 </dev/null &
+    >"$STATE/logs/kube-scheduler.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/kube-scheduler.pid"
 
   cat >"$STATE/kubelet.yaml" <<EOF
@@ -192,24 +265,30 @@ healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 authentication: {anonymous: {enabled: false}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
-clusterDNS: ["$ip"]
+clusterDNS: ["$GATEWAY"]
 clusterDomain: $CLUSTER_DOMAIN
 EOF
   log "starting kubelet ($NODE_NAME, $ip)"
   setsid "$bin/kubelet" --kubeconfig "$kubeconfig" --config "$STATE/kubelet.yaml" \
     --container-runtime=remote --container-runtime-endpoint "unix://$SOCK" \
     --pod-infra-container-image "$PAUSE_IMAGE" --root-dir /var/lib/kubelet --cert-dir "$STATE/kubelet-pki" \
-    --hostname-override "$NODE_NAME" --node-ip "$ip" \
-    >"$STATE/logs/kubelet.log" 2>&1 </dev/null &
+    --hostname-override "$NODE_NAME" --node-ip "$ip" --volume-plugin-dir "$STATE/volume-plugins" \
+    >"$STATE/logs/kubelet.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/kubelet.pid"
   local start=$SECONDS
-  until KUBECONFIG=$kubeconfig kubectl get node "$NODE_NAME" \
-      -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True; do
+  until node_ready "$kubeconfig"; do
     alive "$STATE/kubelet.pid" || { tail -n 30 "$STATE/logs/kubelet.log" >&2; die "kubelet exited"; }
     [ $((SECONDS - start)) -lt 120 ] || { tail -n 30 "$STATE/logs/kubelet.log" >&2; die "node $NODE_NAME not Ready within 120s"; }
     sleep 1
   done
   log "node $NODE_NAME Ready in $((SECONDS - start))s (logs: $STATE/logs)"
+  ok=1
+  trap - EXIT
+}
+
+set_sysctl() { # name=value, written only when it differs (ip_forward resets interfaces' settings)
+  local name=${1%%=*} value=${1#*=}
+  [ "$(sysctl -n "$name" 2>/dev/null)" = "$value" ] || sysctl -q -w "$1" >/dev/null
 }
 
 # The cluster DNS stand-in's records: every Service with a ClusterIP, refreshed every second;
@@ -229,13 +308,12 @@ dns_sync() {
 
 import() { # archive
   log "importing $(basename "$1")"
-  local before after ref
-  before=$(ctr_ images ls -q)
+  local ref
   ctr_ images import --all-platforms "$1" >/dev/null
-  after=$(ctr_ images ls -q)
   # kubelet asks for normalized references (fleetmirror/x:1 is docker.io/fleetmirror/x:1): give
-  # each imported short name its normalized one too.
-  for ref in $(comm -13 <(sort <<<"$before") <(sort <<<"$after")); do
+  # every short name its normalized one too, again on every import (a rebuilt image keeps its
+  # tag: the normalized reference must follow it).
+  for ref in $(ctr_ images ls -q); do
     case $ref in
       sha256:*) ;;
       *.*/*|*:*/*|localhost/*) ;;
@@ -245,14 +323,53 @@ import() { # archive
   done
 }
 
+# Stops the process of a pidfile and its process group (each was started with setsid: the
+# group is its own, e.g. the DNS sync loop's kubectl and sleep).
 stop_pid() { # pidfile
   local f=$1
   alive "$f" || { rm -f "$f"; return 0; }
   local pid; pid=$(cat "$f")
-  kill "$pid" 2>/dev/null || true
+  kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+  kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
   rm -f "$f"
+}
+
+# Deletes the KUBE-* chains of every table and the rules elsewhere that jump to them, nothing
+# else (another firewall's rules stay as they are).
+remove_kube_chains() { # iptables|ip6tables
+  local t=$1 table rules rule chain
+  command -v "$t-save" >/dev/null || return 0
+  for table in filter nat mangle raw; do
+    rules=$("$t-save" -t "$table" 2>/dev/null) || continue
+    grep -q -- 'KUBE-' <<<"$rules" || continue
+    while IFS= read -r rule; do
+      eval "\"$t\" -w -t \"$table\" -D ${rule#-A }" 2>/dev/null ||
+        log "warning: could not delete rule ($t -t $table) $rule"
+    done < <(grep -- '^-A ' <<<"$rules" | grep -v -- '^-A KUBE-' | grep -- 'KUBE-' || true)
+    for chain in $(grep -o -- '^:KUBE-[^ ]*' <<<"$rules" | cut -c2- || true); do
+      "$t" -w -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(grep -o -- '^:KUBE-[^ ]*' <<<"$rules" | cut -c2- || true); do
+      "$t" -w -t "$table" -X "$chain" 2>/dev/null || log "warning: could not delete chain ($t -t $table) $chain"
+    done
+  done
+}
+
+# Puts each mount's propagation back as it was before `up` (it made `/` rshared).
+restore_propagation() { # saved
+  local target prop
+  while read -r target prop; do
+    target=$(printf '%b' "$target")
+    mountpoint -q "$target" 2>/dev/null || continue
+    case $prop in
+      *shared*slave*|*slave*shared*) mount --make-slave "$target" && mount --make-shared "$target" ;;
+      *slave*) mount --make-slave "$target" ;;
+      *shared*) mount --make-shared "$target" ;;
+      *unbindable*) mount --make-unbindable "$target" ;;
+      *) mount --make-private "$target" ;;
+    esac 2>/dev/null || log "warning: could not restore the propagation of $target ($prop)"
+  done <"$1"
 }
 
 # Unmounts every mount at or under `dir`, deepest first.
@@ -264,7 +381,14 @@ unmount_under() { # dir
 }
 
 down() {
+  lock
+  down_locked
+  if [ "$(cat "$REGISTRY" 2>/dev/null || true)" = "$STATE" ]; then rm -f "$REGISTRY"; fi
+}
+
+down_locked() {
   [ -d "$STATE" ] || { log "no node"; return 0; }
+  local p
   for p in kubelet kube-proxy kube-scheduler kube-controller-manager dns-sync dnsmasq; do stop_pid "$STATE/$p.pid"; done
   # The Node object goes too (best effort: the control plane may be gone already), so the next
   # `up` waits for a fresh registration, not for this node's last status.
@@ -282,8 +406,15 @@ down() {
     { xargs -r kill -9 <"$c"; } 2>/dev/null || true
   done
   stop_pid "$STATE/containerd.pid"
-  # Network namespaces of the pods, then every mount under the node's state (deepest first).
-  for ns in /run/netns/cni-*; do [ -e "$ns" ] && { umount "$ns" 2>/dev/null || true; rm -f "$ns"; }; done
+  # Network namespaces of the pods (those that were not there before `up`), then every mount
+  # under the node's state (deepest first).
+  local ns
+  for ns in /run/netns/cni-*; do
+    [ -e "$ns" ] || continue
+    grep -qx "$ns" "$STATE/netns.existing" 2>/dev/null && continue
+    umount "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
   unmount_under "$STATE"
   # kubelet's pod volumes (and its own bind of its root) and the agent's binds: all this node's.
   unmount_under /var/lib/kubelet
@@ -293,14 +424,8 @@ down() {
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} \; 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   # The KUBE-* chains and rules kubelet and kube-proxy made (and only those).
-  local t rules
-  for t in iptables ip6tables; do
-    command -v "$t-save" >/dev/null || continue
-    rules=$("$t-save" 2>/dev/null || true)
-    if grep -q -- 'KUBE-' <<<"$rules"; then
-      grep -v -- 'KUBE-' <<<"$rules" | "$t-restore" || log "warning: could not remove the KUBE-* chains ($t)"
-    fi
-  done
+  remove_kube_chains iptables
+  remove_kube_chains ip6tables
   if [ -f "$STATE/host-paths.existing" ]; then
     for p in "${HOST_PATHS[@]}"; do
       grep -qx "$p" "$STATE/host-paths.existing" && continue
@@ -308,10 +433,12 @@ down() {
       rm -rf "$p"
     done
   fi
-  if [ "$(cat "$STATE/root-propagation" 2>/dev/null)" = private ]; then mount --make-rprivate /; fi
+  # Host settings: each step on its own, so one failure does not leave the others undone.
   if [ -f "$STATE/sysctl.saved" ]; then
-    while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null || true; done <"$STATE/sysctl.saved"
+    while IFS= read -r kv; do set_sysctl "$kv" || log "warning: could not restore $kv"; done <"$STATE/sysctl.saved"
   fi
+  [ -f "$STATE/propagation.saved" ] && restore_propagation "$STATE/propagation.saved"
+  if [ -f "$STATE/br_netfilter.loaded" ]; then modprobe -r br_netfilter 2>/dev/null || log "warning: could not unload br_netfilter"; fi
   rm -rf "$STATE"
   log "node stopped and cleaned up"
 }
@@ -321,7 +448,7 @@ down() {
 leftovers() {
   local bin found=0 out
   bin=$(bin_dir)
-  out=$(pgrep -a -f "^($bin/|containerd --config .*/node/containerd.toml|containerd-shim.*/node/containerd.sock|dnsmasq .*services.hosts)" || true)
+  out=$(pgrep -a -f "^($bin/|containerd --config .*/node/containerd.toml|containerd-shim.*/node/containerd.sock|dnsmasq .*services.hosts|bash .*node.sh dns-sync)" || true)
   [ -n "$out" ] && { echo "processes: $out"; found=1; }
   out=$(findmnt -rn -o TARGET | grep -E "^(/var/lib/kubelet|/var/lib/loft|/tmp/vcluster|/run/netns/cni-[^/]*|$STATE)(/|$)" || true)
   [ -n "$out" ] && { echo "mounts: $out"; found=1; }
@@ -330,6 +457,9 @@ leftovers() {
   [ -n "$out" ] && { echo "iptables: $out"; found=1; }
   out=$(find /sys/fs/cgroup/*/kubepods* -maxdepth 0 2>/dev/null || true)
   [ -n "$out" ] && { echo "cgroups: $out"; found=1; }
+  out=$(grep -l kubepods /proc/[0-9]*/cgroup 2>/dev/null | head -n 5 || true)
+  [ -n "$out" ] && { echo "processes in kubepods cgroups: $out"; found=1; }
+  [ -f "$REGISTRY" ] && { echo "registered node: $(cat "$REGISTRY")"; found=1; }
   [ "$found" = 0 ]
 }
 

@@ -16,14 +16,32 @@ use std::time::Duration;
 
 use crate::process::binary;
 
-/// The host settings a node changes (restored by `node.sh down`).
+/// The sysctls a node changes (restored by `node.sh down`).
 pub const SYSCTLS: &[&str] = &[
     "vm.overcommit_memory",
+    "vm.panic_on_oom",
     "kernel.panic",
     "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
     "net.ipv4.conf.all.route_localnet",
     "net.bridge.bridge-nf-call-iptables",
     "net.ipv4.ip_forward",
+];
+
+/// Host paths a node's parts write whatever their flags say (removed by `node.sh down` unless
+/// they were there before), and two they would write without the node's private configuration.
+pub const HOST_PATHS: &[&str] = &[
+    "/var/lib/kubelet",
+    "/var/lib/cni",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/run/netns",
+    "/run/containerd",
+    "/var/lib/loft",
+    "/tmp/vcluster",
+    "/opt/containerd",
+    "/usr/libexec/kubernetes",
 ];
 
 /// The busybox test image `scripts/node.sh` builds (sh, cat, echo, ls, sleep, …).
@@ -59,7 +77,8 @@ fn run(dir: &Path, name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The current values of [`SYSCTLS`] and the propagation of `/`.
+/// What a node may change on the host: the values of [`SYSCTLS`], which of [`HOST_PATHS`]
+/// exist, and every mount's propagation (shared, slave or private).
 pub fn host_settings() -> Vec<String> {
     let mut v: Vec<String> = SYSCTLS
         .iter()
@@ -71,13 +90,34 @@ pub fn host_settings() -> Vec<String> {
             )
         })
         .collect();
-    let root = std::fs::read_to_string("/proc/self/mountinfo")
+    v.extend(
+        HOST_PATHS
+            .iter()
+            .map(|p| format!("{p} exists={}", Path::new(p).exists())),
+    );
+    // mountinfo: id parent dev root mountpoint options [optional fields…] - …
+    for line in std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/"))
-        .map(|l| l.contains(" shared:"))
-        .unwrap_or(false);
-    v.push(format!("/ shared={root}"));
+    {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-").copied();
+        let mut kind: Vec<&str> = optional
+            .filter_map(|f| f.split(':').next())
+            .filter(|k| matches!(*k, "shared" | "master"))
+            .collect();
+        kind.sort_unstable();
+        v.push(format!(
+            "mount {} propagation={}",
+            fields.get(4).unwrap_or(&"?"),
+            if kind.is_empty() {
+                "private".to_owned()
+            } else {
+                kind.join("+")
+            }
+        ));
+    }
+    v.sort();
     v
 }
 
@@ -280,6 +320,17 @@ impl Drop for RealNode {
             let _ = script(&self.dir, "control-plane.sh", &["down"]);
         }
     }
+}
+
+/// The id of the host's (topmost) mount at `path` (mountinfo's first field), if there is one:
+/// the same id later means the same mount, never unmounted and made again in between.
+pub fn host_mount_id(path: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(path))
+        .find_map(|l| l.split(' ').next()?.parse().ok())
 }
 
 /// Waits up to `timeout` for `kubectl rollout status` of `what` (e.g. `daemonset/x`) in `ns`.

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 use fleetmirror_core::naming;
 use fleetmirror_tests::fleet;
 use fleetmirror_tests::pod::{NAMESPACE, Rendered};
-use fleetmirror_tests::realnode::{BUSYBOX, RealNode, host_settings, rollout_status};
+use fleetmirror_tests::realnode::{
+    BUSYBOX, RealNode, host_mount_id, host_settings, rollout_status,
+};
 use fleetmirror_tests::{eventually, random_uuid, repo_root};
 use serde_json::{Value, json};
 
@@ -159,10 +161,7 @@ fn checks(node: &RealNode, ns: &str, name: &str) -> Vec<(String, String)> {
 
 /// Whether the host has a mount at `path` (its own mount table).
 fn host_mount(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path))
+    host_mount_id(path).is_some()
 }
 
 /// The agent container's process (there is one agent: one node).
@@ -410,6 +409,7 @@ async fn chart_as_shipped() {
         "MISSING",
         "no Secret yet, so no Secret volume yet"
     );
+    let sys_mount = host_mount_id(&format!("{loft}/{sys_uid}"));
     create(
         &node,
         &json!({"apiVersion": "v1", "kind": "Secret",
@@ -426,6 +426,11 @@ async fn chart_as_shipped() {
         },
     )
     .await;
+    assert_eq!(
+        host_mount_id(&format!("{loft}/{sys_uid}")),
+        sys_mount,
+        "the Secret arrived through the same bind (propagation), not a new one"
+    );
 
     eprintln!("phase 5: kubectl get vclusterhealth scores the real pods");
     let watch_ns = format!("fleet-{}", fleetmirror_tests::suffix());
@@ -452,6 +457,8 @@ async fn chart_as_shipped() {
     );
 
     eprintln!("phase 6: a DaemonSet rollout leaves the stand-in no gap");
+    let mounts = [web_uid.as_str(), sys_uid.as_str()]
+        .map(|uid| host_mount_id(&format!("{loft}/{uid}")).expect("mounted"));
     let seen = checks(&node, &ns, "velero-standin").len();
     node.kubectl(&[
         "rollout",
@@ -479,16 +486,25 @@ async fn chart_as_shipped() {
         during.len(),
         gaps.first()
     );
+    // Stronger than any sampling: the new agent adopted the very same mounts.
+    assert_eq!(
+        [web_uid.as_str(), sys_uid.as_str()].map(|uid| host_mount_id(&format!("{loft}/{uid}"))),
+        mounts.map(Some),
+        "the rollout unmounted and remade a bind"
+    );
 
     eprintln!("phase 7: the leader aggregator pod is deleted; the other leads");
     let leader = lease_holder(&node);
     let pods = aggregator_pods(&node);
     assert!(pods.contains(&leader), "leader {leader} is one of {pods:?}");
     assert_eq!(pods.len(), 2);
-    let (_, _, _, written_before) = health(&client, &watch_ns).await.unwrap();
     node.kubectl(&["delete", "pod", "-n", NAMESPACE, &leader, "--wait=false"]);
+    // Sample throughout; done once the new holder has written the status twice (two heartbeats
+    // of 5 s: a write of the old leader before it stopped cannot count).
     let start = Instant::now();
     let mut samples = 0;
+    let mut new_leader: Option<(String, String)> = None; // (holder, lastUpdated when it led)
+    let mut writes_by_new_leader = 0;
     loop {
         let h = health(&client, &watch_ns).await.expect("a status");
         assert!(
@@ -497,14 +513,21 @@ async fn chart_as_shipped() {
         );
         samples += 1;
         let now = lease_holder(&node);
-        // Whichever replica takes the released Lease first leads: the standby, or the
-        // Deployment's replacement pod.
-        if now != leader
-            && !now.is_empty()
-            && aggregator_pods(&node).contains(&now)
-            && h.3 != written_before
-            && h.2 == "2/2"
-        {
+        match &mut new_leader {
+            None if now != leader && !now.is_empty() => {
+                new_leader = Some((now.clone(), h.3.clone()));
+            }
+            Some((holder, last)) => {
+                assert_eq!(&now, holder, "leadership moved again during the failover");
+                if h.3 != *last {
+                    assert_eq!(h.2, "2/2", "the new leader's status counts every mount");
+                    writes_by_new_leader += 1;
+                    *last = h.3.clone();
+                }
+            }
+            None => {}
+        }
+        if writes_by_new_leader >= 2 {
             break;
         }
         assert!(
@@ -514,9 +537,13 @@ async fn chart_as_shipped() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let (holder, _) = new_leader.expect("a new leader");
+    assert!(
+        aggregator_pods(&node).contains(&holder),
+        "the new leader {holder} is a running aggregator pod"
+    );
     eprintln!(
-        "  {} leads after {:?} ({samples} samples, all 100/Full)",
-        lease_holder(&node),
+        "  {holder} leads; {samples} samples over {:?}, all 100/Full",
         start.elapsed()
     );
     rollout_status(&node, NAMESPACE, "deployment/fleetmirror-aggregator", READY);
