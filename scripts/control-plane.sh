@@ -31,7 +31,7 @@ KUBE_VERSION=1.20.2
 # Bump BUILD_REVISION whenever the way kube-apiserver is built changes: it keys the cache.
 BUILD_REVISION=2
 CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
-STATE=${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}
+STATE=$(realpath -m "${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}")
 APISERVER=$CACHE/kube-apiserver-$KUBE_VERSION-r$BUILD_REVISION/kube-apiserver
 # The node's binaries (scripts/node.sh), built from the same source; NODE_REVISION keys them.
 NODE_REVISION=1
@@ -170,14 +170,26 @@ cache_node_binaries() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether the process of a pidfile runs and is one of this control plane's (its command line
+# names the state directory): a stale pidfile's number may be another process's by now.
+alive() {
+  [ -f "$1" ] || return 1
+  local pid cmd
+  pid=$(cat "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"$STATE/"* ]]
+}
 
 # A CA and a serving certificate it signs (valid for loopback, for the in-cluster names and
 # Service address of `kubernetes`, and for the host's address, which pods reach it on). (rustls, which kube-rs uses, refuses a self-signed
 # CA certificate presented as the server's own, so the two must be distinct.)
 certs() {
   local d=$STATE/pki
-  [ -f "$d/sa.key" ] && return 0
+  if [ -f "$d/sa.key" ]; then
+    [ -f "$d/admin-token" ] || die "$STATE is from an older version of this script (no admin-token): take it down first"
+    return 0
+  fi
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=fleetmirror-local-ca \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
@@ -196,6 +208,9 @@ certs() {
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   printf '%s,admin,admin,"system:masters"\n' "$(cat "$d/admin-token")" >"$d/tokens.csv"
+  # For curl, from a file: never on a command line (world-readable in /proc).
+  printf 'Authorization: Bearer %s\n' "$(cat "$d/admin-token")" >"$d/admin-header"
+  chmod 600 "$d/admin-header"
   chmod 600 "$d/tokens.csv" "$d"/*.key
 }
 
@@ -274,7 +289,7 @@ wait_ready() {
   local i=$1 dir=$STATE/cluster-$1 port
   port=$(cat "$dir/port")
   for _ in $(seq 1 240); do
-    if [ "$(curl -sk --max-time 2 -H "Authorization: Bearer $(admin_token)" "https://$(api_host "$i"):$port/readyz" 2>/dev/null)" = ok ]; then
+    if [ "$(curl -sk --max-time 2 -H @"$STATE/pki/admin-header" "https://$(api_host "$i"):$port/readyz" 2>/dev/null)" = ok ]; then
       return 0
     fi
     alive "$dir/apiserver.pid" || { tail -n 20 "$dir/apiserver.log" >&2; die "kube-apiserver $i exited"; }

@@ -43,7 +43,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${FLEETMIRROR_CACHE:-$HOME/.cache/fleetmirror}
-CP_STATE=${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}
+CP_STATE=$(realpath -m "${FLEETMIRROR_CP_DIR:-/tmp/fleetmirror-cp}")
 STATE=$CP_STATE/node
 NODE_NAME=${FLEETMIRROR_NODE_NAME:-fleetmirror-node}
 BRIDGE=fmcni0
@@ -64,14 +64,16 @@ CLUSTER_DOMAIN=cluster.local
 
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-# Whether the process of pidfile $1 runs, and is what it says (its command line names $2, or
-# the pidfile's name): a stale pidfile's number may be another process's by now.
+# Whether the process of pidfile $1 runs, and is what it says: its command line names $2 (or
+# the pidfile's name) and this node's control plane directory (every daemon's flags do). A stale
+# pidfile's number may be another process's by now.
 alive() { # pidfile [name]
   [ -f "$1" ] || return 1
-  local pid name=${2:-$(basename "$1" .pid)}
+  local pid name=${2:-$(basename "$1" .pid)} cmd
   pid=$(cat "$1")
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"$name"* && $cmd == *"$CP_STATE/"* ]]
 }
 
 bin_dir() { bash "$root/scripts/control-plane.sh" node-bin-dir; }
@@ -139,24 +141,32 @@ up() {
   [ -f "$CP_STATE/cluster-0/kubeconfig" ] || die "no control plane in $CP_STATE: run scripts/control-plane.sh up --for-node first"
   [ -f "$CP_STATE/for-node" ] || die "the control plane in $CP_STATE was not started with --for-node (pods could not reach it)"
   [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || die "cgroup v2 (unified) hosts are not supported: kubelet 1.20's cgroupfs driver and this teardown need cgroup v1"
+  # Binaries and images first, outside the lock (a build takes minutes the first time).
+  build 8>&-
   lock
-  local other
+  local other seen p
   other=$(cat "$REGISTRY" 2>/dev/null || true)
+  if [ -n "$other" ] && [ "$other" != "$STATE" ] &&
+      (STATE=$other; CP_STATE=$(dirname "$other"); alive "$STATE/kubelet.pid"); then
+    die "another node runs on this machine ($other); one kubelet per machine"
+  fi
+  if [ -d "$STATE" ] && all_alive && node_ready "$CP_STATE/cluster-0/kubeconfig"; then
+    log "the node is already up"
+    return 0
+  fi
+  # Nothing of someone else's node may be here: this one's teardown would take it away.
+  for p in $(pgrep -x kubelet || true); do
+    [ "$p" = "$(cat "$STATE/kubelet.pid" 2>/dev/null)" ] || [ "$p" = "$(cat "$other/kubelet.pid" 2>/dev/null)" ] ||
+      die "a kubelet runs on this machine (pid $p); a test node would disturb it"
+  done
   if [ -n "$other" ] && [ "$other" != "$STATE" ]; then
-    if (STATE=$other; alive "$STATE/kubelet.pid"); then
-      die "another node runs on this machine ($other); one kubelet per machine"
-    fi
     log "cleaning up a node that did not stop ($other)"
     (STATE=$other; CP_STATE=$(dirname "$other"); SOCK=$STATE/containerd.sock; down_locked)
   fi
   if [ -d "$STATE" ]; then
-    if all_alive && node_ready "$CP_STATE/cluster-0/kubeconfig"; then log "the node is already up"; return 0; fi
     log "cleaning up a previous run"
     down_locked
   fi
-  # Nothing of another node may be here: this one's teardown would take it away.
-  local seen
-  ! pgrep -x kubelet >/dev/null || die "a kubelet runs on this machine; a test node would disturb it"
   seen=$(findmnt -rn -o TARGET)
   ! grep -qE '^/var/lib/kubelet(/|$)' <<<"$seen" ||
     die "there are mounts under /var/lib/kubelet (another node's?); a test node would take them down"
@@ -164,9 +174,8 @@ up() {
   ! grep -q -- 'KUBE-' <<<"$seen" ||
     die "iptables has KUBE-* chains (another kube-proxy or kubelet?); a test node would remove them"
   echo "$STATE" >"$REGISTRY"
-  local ok=0
-  trap '[ "$ok" = 1 ] || { log "up failed: taking down what it started"; down_locked; rm -f "$REGISTRY"; }' EXIT
-  build
+  UP_OK=0
+  trap up_failed EXIT
   local bin kubeconfig ip
   bin=$(bin_dir)
   kubeconfig=$CP_STATE/cluster-0/kubeconfig
@@ -242,7 +251,7 @@ EOF
   echo $! >"$STATE/dnsmasq.pid"
   sleep 0.2
   alive "$STATE/dnsmasq.pid" || { cat "$STATE/logs/dnsmasq.log" >&2; die "dnsmasq did not start"; }
-  setsid bash "$root/scripts/node.sh" dns-sync >"$STATE/logs/dns-sync.log" 2>&1 </dev/null 8>&- &
+  setsid bash "$root/scripts/node.sh" dns-sync "$STATE" >"$STATE/logs/dns-sync.log" 2>&1 </dev/null 8>&- &
   echo $! >"$STATE/dns-sync.pid"
 
   log "starting kube-controller-manager and kube-scheduler"
@@ -282,8 +291,17 @@ EOF
     sleep 1
   done
   log "node $NODE_NAME Ready in $((SECONDS - start))s (logs: $STATE/logs)"
-  ok=1
+  UP_OK=1
   trap - EXIT
+}
+
+# The EXIT trap of `up` (a global flag: a failing command under `set -e` drops the function's
+# locals before the trap runs).
+up_failed() {
+  [ "${UP_OK:-1}" = 1 ] && return 0
+  log "up failed: taking down what it started"
+  down_locked
+  rm -f "$REGISTRY"
 }
 
 set_sysctl() { # name=value, written only when it differs (ip_forward resets interfaces' settings)
@@ -336,23 +354,22 @@ stop_pid() { # pidfile
 }
 
 # Deletes the KUBE-* chains of every table and the rules elsewhere that jump to them, nothing
-# else (another firewall's rules stay as they are).
+# else (another firewall's rules stay as they are), in one iptables-restore per table: no rule
+# text ever reaches a shell.
 remove_kube_chains() { # iptables|ip6tables
-  local t=$1 table rules rule chain
+  local t=$1 table rules chains
   command -v "$t-save" >/dev/null || return 0
   for table in filter nat mangle raw; do
     rules=$("$t-save" -t "$table" 2>/dev/null) || continue
-    grep -q -- 'KUBE-' <<<"$rules" || continue
-    while IFS= read -r rule; do
-      eval "\"$t\" -w -t \"$table\" -D ${rule#-A }" 2>/dev/null ||
-        log "warning: could not delete rule ($t -t $table) $rule"
-    done < <(grep -- '^-A ' <<<"$rules" | grep -v -- '^-A KUBE-' | grep -- 'KUBE-' || true)
-    for chain in $(grep -o -- '^:KUBE-[^ ]*' <<<"$rules" | cut -c2- || true); do
-      "$t" -w -t "$table" -F "$chain" 2>/dev/null || true
-    done
-    for chain in $(grep -o -- '^:KUBE-[^ ]*' <<<"$rules" | cut -c2- || true); do
-      "$t" -w -t "$table" -X "$chain" 2>/dev/null || log "warning: could not delete chain ($t -t $table) $chain"
-    done
+    chains=$(grep -o -- '^:KUBE-[^ ]*' <<<"$rules" | cut -c2- || true)
+    [ -n "$chains" ] || continue
+    {
+      echo "*$table"
+      grep -- '^-A ' <<<"$rules" | grep -v -- '^-A KUBE-' | grep -E -- ' -[jg] KUBE-[^ ]*( |$)' | sed 's/^-A /-D /' || true
+      sed 's/^/-F /' <<<"$chains"
+      sed 's/^/-X /' <<<"$chains"
+      echo COMMIT
+    } | "$t-restore" -w --noflush || log "warning: could not delete the KUBE-* chains ($t -t $table)"
   done
 }
 
@@ -388,7 +405,14 @@ down() {
 
 down_locked() {
   [ -d "$STATE" ] || { log "no node"; return 0; }
-  local p
+  local p reg host_wide=1
+  # The host-wide steps (kubelet's paths, cgroups, chains, settings) only for the registered
+  # node, or when none runs: an old state directory must not take a running node's things.
+  reg=$(cat "$REGISTRY" 2>/dev/null || true)
+  if [ -n "$reg" ] && [ "$reg" != "$STATE" ] && (STATE=$reg; CP_STATE=$(dirname "$reg"); alive "$STATE/kubelet.pid"); then
+    log "warning: another node runs ($reg): cleaning only inside $STATE"
+    host_wide=0
+  fi
   for p in kubelet kube-proxy kube-scheduler kube-controller-manager dns-sync dnsmasq; do stop_pid "$STATE/$p.pid"; done
   # The Node object goes too (best effort: the control plane may be gone already), so the next
   # `up` waits for a fresh registration, not for this node's last status.
@@ -402,9 +426,11 @@ down_locked() {
   shims=$(pgrep -f "containerd-shim.*-address $SOCK" || true)
   [ -n "$shims" ] && kill -9 $shims 2>/dev/null || true
   local c
-  for c in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null || true); do
-    { xargs -r kill -9 <"$c"; } 2>/dev/null || true
-  done
+  if [ "$host_wide" = 1 ]; then
+    for c in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null || true); do
+      { xargs -r kill -9 <"$c"; } 2>/dev/null || true
+    done
+  fi
   stop_pid "$STATE/containerd.pid"
   # Network namespaces of the pods (those that were not there before `up`), then every mount
   # under the node's state (deepest first).
@@ -416,6 +442,10 @@ down_locked() {
     rm -f "$ns"
   done
   unmount_under "$STATE"
+  if [ "$host_wide" = 0 ]; then
+    rm -rf --one-file-system "$STATE"
+    return 0
+  fi
   # kubelet's pod volumes (and its own bind of its root) and the agent's binds: all this node's.
   unmount_under /var/lib/kubelet
   unmount_under /var/lib/loft
@@ -430,7 +460,7 @@ down_locked() {
     for p in "${HOST_PATHS[@]}"; do
       grep -qx "$p" "$STATE/host-paths.existing" && continue
       unmount_under "$p"
-      rm -rf "$p"
+      rm -rf --one-file-system "$p"
     done
   fi
   # Host settings: each step on its own, so one failure does not leave the others undone.
@@ -439,7 +469,7 @@ down_locked() {
   fi
   [ -f "$STATE/propagation.saved" ] && restore_propagation "$STATE/propagation.saved"
   if [ -f "$STATE/br_netfilter.loaded" ]; then modprobe -r br_netfilter 2>/dev/null || log "warning: could not unload br_netfilter"; fi
-  rm -rf "$STATE"
+  rm -rf --one-file-system "$STATE"
   log "node stopped and cleaned up"
 }
 

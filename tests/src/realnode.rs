@@ -247,9 +247,12 @@ impl RealNode {
         files.sort();
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
-            // CRI format: "<time> stdout F <line>"
+            // CRI format: "<time> stdout F <line>\n"; a last line still being written (no
+            // newline yet) is left for the next read.
+            let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
             lines.extend(
-                text.lines()
+                complete
+                    .lines()
                     .filter_map(|l| l.splitn(4, ' ').nth(3))
                     .map(str::to_owned),
             );

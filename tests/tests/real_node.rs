@@ -200,8 +200,9 @@ fn wait_default_service_account(node: &RealNode, ns: &str) {
     }
 }
 
-fn lease_holder(node: &RealNode) -> String {
-    node.try_kubectl(
+/// The Lease's holder; None when kubectl could not tell (a failed read is no answer).
+fn lease_holder(node: &RealNode) -> Option<String> {
+    let (ok, out) = node.try_kubectl(
         &[
             "get",
             "lease",
@@ -212,10 +213,8 @@ fn lease_holder(node: &RealNode) -> String {
             "jsonpath={.spec.holderIdentity}",
         ],
         None,
-    )
-    .1
-    .trim()
-    .to_owned()
+    );
+    ok.then(|| out.trim().to_owned())
 }
 
 fn aggregator_pods(node: &RealNode) -> Vec<String> {
@@ -494,7 +493,7 @@ async fn chart_as_shipped() {
     );
 
     eprintln!("phase 7: the leader aggregator pod is deleted; the other leads");
-    let leader = lease_holder(&node);
+    let leader = lease_holder(&node).expect("the Lease");
     let pods = aggregator_pods(&node);
     assert!(pods.contains(&leader), "leader {leader} is one of {pods:?}");
     assert_eq!(pods.len(), 2);
@@ -512,7 +511,11 @@ async fn chart_as_shipped() {
             "VClusterHealth dropped to {h:?} during the failover"
         );
         samples += 1;
-        let now = lease_holder(&node);
+        let Some(now) = lease_holder(&node) else {
+            assert!(start.elapsed() < READY, "the Lease cannot be read");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
         match &mut new_leader {
             None if now != leader && !now.is_empty() => {
                 new_leader = Some((now.clone(), h.3.clone()));
@@ -599,22 +602,29 @@ async fn chart_as_shipped() {
     create(&node, &standin(&ns, "velero-standin-2", &a2, &b));
     create(&node, &tenant_pod(&ns, "web-1", &wrong_uid));
     let wrong_target = format!("{loft}/{wrong_uid}");
-    // The agent did its part: the bind exists in its own mount namespace.
-    eventually(READY, "the agent's own mount of the new pod", || async {
-        let pid = agent_pid()?;
-        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-        table
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(wrong_target.as_str()))
-            .then_some(())
-    })
+    // The agent did its part: the bind exists in its own mount namespace, and the pod's file
+    // is there, through it.
+    let wrong_hello = format!("hello-{wrong_uid}");
+    eventually(
+        READY,
+        "the agent's own mount of the new pod, with the file",
+        || async {
+            let pid = agent_pid()?;
+            let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+            let mounted = table
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(wrong_target.as_str()));
+            let file =
+                std::fs::read_to_string(format!("/proc/{pid}/root{wrong_target}/{HELLO}")).ok()?;
+            (mounted && file.trim() == wrong_hello).then_some(())
+        },
+    )
     .await;
     let from = checks(&node, &ns, "velero-standin-2").len();
     eventually(READY, "the second stand-in checks a while", || async {
         (checks(&node, &ns, "velero-standin-2").len() > from + 15).then_some(())
     })
     .await;
-    let wrong_hello = format!("hello-{wrong_uid}");
     let seen: Vec<_> = checks(&node, &ns, "velero-standin-2");
     assert!(
         seen.iter().all(|(a, _)| *a != wrong_hello),
