@@ -38,7 +38,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-bash scripts/control-plane.sh apt-install buildah
+# buildah for the image; make and a C compiler for the aggregator's allocator (jemalloc).
+bash scripts/control-plane.sh apt-install buildah make gcc libc6-dev
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 case $profile in
   release) dir=release ;;

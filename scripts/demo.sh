@@ -65,6 +65,7 @@ if [ -n "${FLEETMIRROR_BIN_DIR:-}" ]; then
   BIN=$FLEETMIRROR_BIN_DIR   # prebuilt binaries (the test suite, which already built them)
 else
   step "building fleetmirror"
+  scripts/control-plane.sh apt-install make   # jemalloc, the aggregator's allocator, builds with make
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fleetmirror/target}
   cargo build --locked --bin fleetmirror-aggregator --bin fleetmirror-agent
   BIN=$CARGO_TARGET_DIR/debug

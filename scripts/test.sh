@@ -35,6 +35,9 @@ export FLEETMIRROR_CP_DIR
 trap 'scripts/control-plane.sh down >/dev/null 2>&1 || true' EXIT
 scripts/control-plane.sh up --clusters 2 >/dev/null
 
+# make (and the C compiler every Rust build needs) for the aggregator's allocator, jemalloc.
+scripts/control-plane.sh apt-install make
+
 step "format"
 cargo fmt --all --check
 

@@ -8,13 +8,11 @@
 //! * [`kubeconfig`]: the Kubernetes client from `--kubeconfig`, `KUBECONFIG` or in-cluster config;
 //! * [`watch`]: reflector stores whose events trigger a level-based loop;
 //! * [`addr`]: Go-style listen addresses (`:9090`);
-//! * [`memory`]: handing freed heap memory back to the operating system after bursts.
 
 pub mod addr;
 pub mod admin;
 pub mod kubeconfig;
 pub mod logging;
-pub mod memory;
 pub mod shutdown;
 pub mod watch;
 

@@ -146,7 +146,6 @@ impl HealthController {
             self.metrics
                 .recompute_seconds
                 .observe(started.elapsed().as_secs_f64());
-            fleetmirror_runtime::memory::release();
             // Wake up for what changes a status without any watch event: a heartbeat due, a
             // node turning stale (as of the facts scored, so a deadline passing while scoring
             // is not lost), a watch failing past its grace or recovering, a write's backoff

@@ -411,8 +411,6 @@ impl MirrorController {
                 self.view.set_sources(view.sources);
                 self.publish_kinds(&kinds, Some(&view.counts));
                 tracing::debug!(elapsed = ?started.elapsed(), "mirror pass");
-                // A pass renders every mirror: give the transient memory back.
-                fleetmirror_runtime::memory::release();
             }
             let keys = &self.config.settings.keys;
             let wake_at = [

@@ -633,9 +633,6 @@ impl RoutingController {
                 )
                 .await;
                 self.metrics.pass(started.elapsed().as_secs_f64());
-                // A pass builds every desired VirtualService and a copy of every store: give
-                // what it freed back (at most once a second).
-                fleetmirror_runtime::memory::release();
             }
 
             // Sleep until a change, a retry, a discovery or the resync.
