@@ -575,11 +575,16 @@ impl Template {
 
     /// Executes the template with `ctx` as `.`.
     pub fn execute(&self, ctx: &Context) -> Result<String, TemplateError> {
+        self.execute_by(ctx, Instant::now() + MAX_TIME)
+    }
+
+    /// Executes the template, failing once `deadline` passed.
+    fn execute_by(&self, ctx: &Context, deadline: Instant) -> Result<String, TemplateError> {
         let mut ex = Exec {
             ctx,
             out: String::new(),
             vars: vec![("".into(), V::Ctx)],
-            deadline: Instant::now() + MAX_TIME,
+            deadline,
         };
         ex.list(&self.nodes, &V::Ctx)?;
         Ok(ex.out)
@@ -1382,9 +1387,21 @@ mod tests {
         ] {
             assert!(r(bad, "x").is_err(), "{bad:?}");
         }
-        let e = r(r#"{{printf "%0900000d" 1}}"#, "x").unwrap_err();
-        assert!(e.0.contains("exceeds"), "{e}");
-        let many = "{{range $i := 100000}}xxxxxxxxxx{{end}}";
-        assert!(r(many, "x").unwrap_err().0.contains("exceeds"));
+        // Each limit on its own (the output limit with time to spare however loaded the
+        // machine is, the time limit with none).
+        let run = |src: &str, deadline: Instant| {
+            Template::parse(src)
+                .unwrap()
+                .execute_by(&ctx("x"), deadline)
+                .unwrap_err()
+                .0
+        };
+        let ample = Instant::now() + Duration::from_secs(3600);
+        let e = run(r#"{{printf "%0900000d" 1}}"#, ample);
+        assert!(e.contains("exceeds"), "{e}");
+        let e = run("{{range $i := 100000}}xxxxxxxxxx{{end}}", ample);
+        assert!(e.contains("exceeds"), "{e}");
+        let e = run("{{range $i := 100000}}{{end}}", Instant::now());
+        assert!(e.contains("timeout"), "{e}");
     }
 }
