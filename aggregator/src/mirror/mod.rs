@@ -38,7 +38,7 @@ use fleetmirror_core::mirror::glob::Glob;
 use fleetmirror_core::mirror::keys::Keys;
 use fleetmirror_core::mirror::kinds::{KindRef, parse_resource_types};
 use fleetmirror_core::mirror::pass::{self, Input, Settings, Slot, State, Write};
-use fleetmirror_core::mirror::plan::{Accepted, Observed, fingerprint};
+use fleetmirror_core::mirror::plan::{Accepted, ObjectAccess, Observed, fingerprint};
 use fleetmirror_core::mirror::render::{SourceRef, strip_keys};
 use fleetmirror_core::mirror::targets::{self, Limits, Namespace};
 use fleetmirror_core::status::{Backoff, Event};
@@ -47,7 +47,7 @@ use fleetmirror_runtime::shutdown::BoxError;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, ObjectReference};
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -138,7 +138,7 @@ impl MirrorConfig {
 #[derive(Debug, Clone)]
 enum Known {
     /// This object is there (returned by a write, or read).
-    Object { object: Value, at: Instant },
+    Object { object: Arc<Value>, at: Instant },
     /// The object with this UID is gone.
     Gone { uid: String, at: Instant },
 }
@@ -176,11 +176,58 @@ fn uid_of(v: &Value) -> &str {
     v["metadata"]["uid"].as_str().unwrap_or_default()
 }
 
+/// An object of a mirror watch's store, read in place: a pass reads the metadata of every
+/// object at a mirror name but converts to JSON only those it renders against (converting all
+/// of them every pass was most of the controller's transient memory).
+#[derive(Debug)]
+struct Stored(Arc<DynamicObject>);
+
+impl ObjectAccess for Stored {
+    fn uid(&self) -> &str {
+        self.0.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    fn resource_version(&self) -> &str {
+        self.0
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    }
+
+    fn deleting(&self) -> bool {
+        self.0.metadata.deletion_timestamp.is_some()
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.0
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(&*self.0).unwrap_or_else(|e| {
+            // Not expected (a DynamicObject is JSON); an update still carries the
+            // resourceVersion precondition.
+            tracing::warn!(namespace = ?self.0.metadata.namespace, name = ?self.0.metadata.name, error = %e, "mirror: an object of the watch did not convert to JSON");
+            serde_json::json!({"metadata": {"uid": self.uid(), "resourceVersion": self.resource_version()}})
+        })
+    }
+}
+
 impl KindMemory {
-    /// The objects at mirror names: the mirror watch's, overlaid by what the writer knows and
-    /// the watch has not caught up with yet. `seen` is the highest resourceVersion the mirror
-    /// watch delivered: once it reaches a write's, the store is the truth again (the object
-    /// may have changed or gone since, in the same batch of events).
+    /// The objects at mirror names: the mirror watch's (read in place, see [`Stored`]),
+    /// overlaid by what the writer knows and the watch has not caught up with yet. `seen` is
+    /// the highest resourceVersion the mirror watch delivered: once it reaches a write's, the
+    /// store is the truth again (the object may have changed or gone since, in the same batch
+    /// of events).
     fn observed(
         &mut self,
         keys: &Keys,
@@ -188,17 +235,16 @@ impl KindMemory {
         seen: u64,
         now: Instant,
     ) -> BTreeMap<Slot, Observed> {
-        let mut m: BTreeMap<Slot, Value> = BTreeMap::new();
+        let mut m: BTreeMap<Slot, Observed> = BTreeMap::new();
         for o in store.state() {
             let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.metadata.name.clone())
             else {
                 continue;
             };
-            if let Ok(v) = serde_json::to_value(&*o) {
-                m.insert((ns, name), v);
-            }
+            m.insert((ns, name), Observed::lazy(Arc::new(Stored(o))));
         }
         let mirror = keys.mirror();
+        let rv = |o: &Observed| o.resource_version().parse::<u64>().ok();
         self.known.retain(|slot, k| match k {
             Known::Object { object, at } => {
                 let watched = object["metadata"]["labels"][&mirror].as_str() == Some("true");
@@ -211,24 +257,22 @@ impl KindMemory {
                     return false;
                 }
                 match m.get(slot) {
-                    Some(s) if rv_of(s).zip(rv_of(object)).is_some_and(|(s, k)| s >= k) => false,
+                    Some(s) if rv(s).zip(rv_of(object)).is_some_and(|(s, k)| s >= k) => false,
                     _ => {
-                        m.insert(slot.clone(), object.clone());
+                        m.insert(slot.clone(), Observed::from(object.clone()));
                         true
                     }
                 }
             }
             Known::Gone { uid, at } => match m.get(slot) {
-                Some(s) if uid_of(s) == uid && now.duration_since(*at) < KNOWN_TTL => {
+                Some(s) if s.uid() == uid && now.duration_since(*at) < KNOWN_TTL => {
                     m.remove(slot);
                     true
                 }
                 _ => false,
             },
         });
-        m.into_iter()
-            .map(|(k, object)| (k, Observed { object }))
-            .collect()
+        m
     }
 
     /// The next moment something remembered changes a pass: a retry, a probe, a known object
@@ -608,10 +652,16 @@ impl MirrorController {
                         None if t.state == State::Conflict => {
                             // An object no watch sees: read again with backoff.
                             let unseen = observed.contains_key(&slot)
-                                && !watch.mirrors.state().iter().any(|o| {
-                                    o.metadata.namespace.as_deref() == Some(&slot.0)
-                                        && o.metadata.name.as_deref() == Some(&slot.1)
-                                });
+                                && watch
+                                    .mirrors
+                                    .get(
+                                        &ObjectRef::<DynamicObject>::new_with(
+                                            &slot.1,
+                                            watch.ar.clone(),
+                                        )
+                                        .within(&slot.0),
+                                    )
+                                    .is_none();
                             if unseen {
                                 let probe = mem.probes.entry(slot.clone()).or_insert_with(|| {
                                     let mut b = Backoff::default();
@@ -698,7 +748,7 @@ impl MirrorController {
                                 result: fingerprint(&object, &entry.kind, &settings.strip),
                             },
                         );
-                        let object = compacted(object, &entry.kind);
+                        let object = Arc::new(compacted(object, &entry.kind));
                         mem.known
                             .insert(slot.clone(), Known::Object { object, at: now });
                         mem.failures.remove(&slot);
@@ -743,7 +793,7 @@ impl MirrorController {
                         again = true;
                         match object {
                             Some(object) => {
-                                let object = compacted(object, &entry.kind);
+                                let object = Arc::new(compacted(object, &entry.kind));
                                 mem.known
                                     .insert(slot.clone(), Known::Object { object, at: now });
                             }

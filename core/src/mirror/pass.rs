@@ -438,7 +438,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                 targets.push(t);
                 continue;
             }
-            if observed.is_some_and(|o| !o.object["metadata"]["deletionTimestamp"].is_null()) {
+            if observed.is_some_and(|o| o.deleting()) {
                 // Going away (a finalizer holds it): nothing is written to it until it is gone.
                 t.reason = "the object there is being deleted; written once it is gone".into();
                 targets.push(t);
@@ -628,7 +628,7 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
             || kept_sources.contains(&source)
             || !input.gc
             || terminating.contains(slot.0.as_str())
-            || !obs.object["metadata"]["deletionTimestamp"].is_null()
+            || obs.deleting()
         {
             continue;
         }
@@ -760,7 +760,7 @@ mod tests {
             .map(|(ns, mut body)| {
                 body["metadata"]["uid"] = json!(format!("m-{ns}"));
                 body["metadata"]["resourceVersion"] = json!("5");
-                ((ns, "shared".into()), Observed { object: body })
+                ((ns, "shared".into()), Observed::from(body))
             })
             .collect();
         let p = run(&[s], &observed, true);
@@ -785,7 +785,7 @@ mod tests {
             body["metadata"]["namespace"] = json!(ns);
             body["metadata"]["uid"] = json!(format!("m-{ns}"));
             body["metadata"]["resourceVersion"] = json!("7");
-            observed.insert((ns.into(), "shared".into()), Observed { object: body });
+            observed.insert((ns.into(), "shared".into()), Observed::from(body));
         }
         // b is no longer selected: deleted, with preconditions.
         let p = run(std::slice::from_ref(&s), &observed, true);
@@ -877,7 +877,7 @@ mod tests {
                 "annotations": {"fleetmirror.io/source-namespace": "src", "fleetmirror.io/source-name": "shared", "fleetmirror.io/source-uid": "u1"}},
         });
         let observed =
-            BTreeMap::from([(("a".into(), "shared".into()), Observed { object: mirror })]);
+            BTreeMap::from([(("a".into(), "shared".into()), Observed::from(mirror))]);
         let p = run(std::slice::from_ref(&s), &observed, true);
         assert_eq!(p.deletes.len(), 1, "kubemirror's mirror of it goes");
         assert!(p.releases.is_empty(), "not while a mirror remains");
@@ -894,7 +894,7 @@ mod tests {
         body["metadata"]["namespace"] = json!(ns);
         body["metadata"]["uid"] = json!(uid);
         body["metadata"]["resourceVersion"] = json!("9");
-        ((ns.into(), "shared".into()), Observed { object: body })
+        ((ns.into(), "shared".into()), Observed::from(body))
     }
 
     #[test]
@@ -914,7 +914,7 @@ mod tests {
         let namespaces = [ns("a"), ns("src"), ns("src2")];
         let mut obs_secret = observed.clone();
         for o in obs_secret.values_mut() {
-            o.object["kind"] = json!("Secret");
+            o.object_mut()["kind"] = json!("Secret");
         }
         let p = plan(
             &settings(),
@@ -956,8 +956,8 @@ mod tests {
     fn a_mirror_being_deleted_is_neither_written_nor_deleted() {
         let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
         let (slot, mut obs) = mirror_in("a", &x, "m");
-        obs.object["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
-        obs.object["data"] = json!({"k": "old"});
+        obs.object_mut()["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+        obs.object_mut()["data"] = json!({"k": "old"});
         let observed = BTreeMap::from([(slot, obs)]);
         let p = run(std::slice::from_ref(&x), &observed, true);
         assert_eq!(p.sources[0].targets[0].state, State::Pending);
@@ -1005,7 +1005,7 @@ mod tests {
         // The Deployment controller's revision annotation: not compared, not removed.
         let x = source("src", "ux", "2026-01-01T00:00:00Z", "a");
         let (slot, mut obs) = mirror_in("a", &x, "m");
-        obs.object["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+        obs.object_mut()["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
         let observed = BTreeMap::from([(slot.clone(), obs.clone())]);
         let p = run(std::slice::from_ref(&x), &observed, true);
         assert_eq!(
@@ -1066,13 +1066,98 @@ mod tests {
         // The mirror changed (edited by hand): judged again.
         let mut edited = observed.clone();
         for o in edited.values_mut() {
-            o.object["metadata"]["resourceVersion"] = json!("10");
-            o.object["data"] = json!({"k": "hand"});
+            o.object_mut()["metadata"]["resourceVersion"] = json!("10");
+            o.object_mut()["data"] = json!({"k": "hand"});
         }
         let p = go(std::slice::from_ref(&x), &edited, &first.up_to_date);
         assert!(matches!(
             p.sources[0].targets[0].write,
             Some(Write::Update { .. })
         ));
+    }
+
+    /// An object read through [`ObjectAccess`] (as the aggregator's store objects are),
+    /// counting conversions to JSON.
+    #[derive(Debug)]
+    struct Counted(Value, std::sync::atomic::AtomicUsize);
+
+    impl super::super::plan::ObjectAccess for Counted {
+        fn uid(&self) -> &str {
+            self.0["metadata"]["uid"].as_str().unwrap_or_default()
+        }
+        fn resource_version(&self) -> &str {
+            self.0["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+        }
+        fn deleting(&self) -> bool {
+            !self.0["metadata"]["deletionTimestamp"].is_null()
+        }
+        fn label(&self, key: &str) -> Option<&str> {
+            self.0["metadata"]["labels"].get(key)?.as_str()
+        }
+        fn annotation(&self, key: &str) -> Option<&str> {
+            self.0["metadata"]["annotations"].get(key)?.as_str()
+        }
+        fn to_json(&self) -> Value {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn objects_read_through_access_decide_alike_and_are_converted_only_to_render_against() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let x = source("src", "ux", "2026-01-01T00:00:00Z", "a,b");
+        let (slot_a, in_a) = mirror_in("a", &x, "m1");
+        let (slot_b, in_b) = mirror_in("b", &x, "m2");
+        let mut foreign = in_b.object().clone();
+        foreign["metadata"]["labels"] = json!({"team": "x"});
+        foreign["metadata"]["annotations"] = json!({});
+        let counted: Vec<Arc<Counted>> = [in_a.object().clone(), foreign]
+            .into_iter()
+            .map(|v| Arc::new(Counted(v, Default::default())))
+            .collect();
+        let lazy: BTreeMap<Slot, Observed> = [slot_a.clone(), slot_b.clone()]
+            .into_iter()
+            .zip(&counted)
+            .map(|(s, c)| (s, Observed::lazy(c.clone())))
+            .collect();
+        let json: BTreeMap<Slot, Observed> = lazy
+            .keys()
+            .zip(&counted)
+            .map(|(s, c)| (s.clone(), Observed::from(c.0.clone())))
+            .collect();
+        let by_json = run(std::slice::from_ref(&x), &json, true);
+        let by_access = run(std::slice::from_ref(&x), &lazy, true);
+        assert_eq!(by_json, by_access);
+        assert_eq!(by_access.sources[0].targets[0].state, State::Mirrored);
+        assert_eq!(by_access.sources[0].targets[1].state, State::Conflict);
+        // The mirror in `a` is rendered against once; the foreign object in `b` is judged by
+        // its metadata alone.
+        assert_eq!(counted[0].1.load(Ordering::Relaxed), 1);
+        assert_eq!(counted[1].1.load(Ordering::Relaxed), 0);
+        // Up to date by its inputs: nothing converted at all.
+        let lazy_again: BTreeMap<Slot, Observed> = [slot_a, slot_b]
+            .into_iter()
+            .zip(&counted)
+            .map(|(s, c)| (s, Observed::lazy(c.clone())))
+            .collect();
+        let again = plan(
+            &settings(),
+            &Input {
+                kind: &cm(),
+                sources: std::slice::from_ref(&x),
+                observed: &lazy_again,
+                namespaces: &["a", "b", "src"].map(ns),
+                accepted: &BTreeMap::new(),
+                gc: true,
+                up_to_date: &by_access.up_to_date,
+            },
+        );
+        assert_eq!(again.sources[0].targets[0].state, State::Mirrored);
+        assert_eq!(counted[0].1.load(Ordering::Relaxed), 1);
+        assert_eq!(counted[1].1.load(Ordering::Relaxed), 0);
     }
 }

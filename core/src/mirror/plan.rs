@@ -8,6 +8,7 @@
 //! and name selecting one namespace: the older owns the slot.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
@@ -31,28 +32,116 @@ impl Source {
     }
 }
 
-/// An object found at a mirror's name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+/// Read access to an object at a mirror's name that is not JSON yet (the aggregator's watch
+/// store holds typed objects). A pass reads the metadata of every object there but needs the
+/// whole object only where it renders: converting all of them every pass cost the aggregator
+/// most of its transient memory (spec mirror.md, memory figure).
+pub trait ObjectAccess: std::fmt::Debug + Send + Sync {
+    /// `metadata.uid` (empty when missing).
+    fn uid(&self) -> &str;
+    /// `metadata.resourceVersion` (empty when missing).
+    fn resource_version(&self) -> &str;
+    /// `metadata.deletionTimestamp` is set.
+    fn deleting(&self) -> bool;
+    /// One label's value.
+    fn label(&self, key: &str) -> Option<&str>;
+    /// One annotation's value.
+    fn annotation(&self, key: &str) -> Option<&str>;
     /// The whole object as the API returned it.
-    pub object: Value,
+    fn to_json(&self) -> Value;
+}
+
+/// An object found at a mirror's name: JSON already (a write's result, a read), or an
+/// [`ObjectAccess`] converted the first time its content is needed (then kept for the pass).
+#[derive(Debug, Clone)]
+pub struct Observed(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Json(Arc<Value>),
+    Lazy {
+        access: Arc<dyn ObjectAccess>,
+        json: OnceLock<Value>,
+    },
+}
+
+impl From<Value> for Observed {
+    fn from(v: Value) -> Self {
+        Observed(Repr::Json(Arc::new(v)))
+    }
+}
+
+impl From<Arc<Value>> for Observed {
+    fn from(v: Arc<Value>) -> Self {
+        Observed(Repr::Json(v))
+    }
 }
 
 impl Observed {
+    /// An object read through `access`, converted to JSON only if a pass needs its content.
+    pub fn lazy(access: Arc<dyn ObjectAccess>) -> Self {
+        Observed(Repr::Lazy {
+            access,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The whole object.
+    pub fn object(&self) -> &Value {
+        match &self.0 {
+            Repr::Json(v) => v,
+            Repr::Lazy { access, json } => json.get_or_init(|| access.to_json()),
+        }
+    }
+
+    /// The object, to change (tests build variations of one object).
+    pub fn object_mut(&mut self) -> &mut Value {
+        if let Repr::Lazy { .. } = self.0 {
+            self.0 = Repr::Json(Arc::new(self.object().clone()));
+        }
+        match &mut self.0 {
+            Repr::Json(v) => Arc::make_mut(v),
+            Repr::Lazy { .. } => unreachable!("made JSON above"),
+        }
+    }
+
     fn meta_str(&self, field: &str, key: &str) -> Option<&str> {
-        self.object["metadata"][field].get(key)?.as_str()
+        match &self.0 {
+            Repr::Json(v) => v["metadata"][field].get(key)?.as_str(),
+            Repr::Lazy { access, .. } if field == "labels" => access.label(key),
+            Repr::Lazy { access, .. } => access.annotation(key),
+        }
     }
 
     /// Its UID.
     pub fn uid(&self) -> &str {
-        self.object["metadata"]["uid"].as_str().unwrap_or_default()
+        match &self.0 {
+            Repr::Json(v) => v["metadata"]["uid"].as_str().unwrap_or_default(),
+            Repr::Lazy { access, .. } => access.uid(),
+        }
     }
 
     /// Its resourceVersion.
     pub fn resource_version(&self) -> &str {
-        self.object["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
+        match &self.0 {
+            Repr::Json(v) => v["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default(),
+            Repr::Lazy { access, .. } => access.resource_version(),
+        }
+    }
+
+    /// It is being deleted (`deletionTimestamp` set).
+    pub fn deleting(&self) -> bool {
+        match &self.0 {
+            Repr::Json(v) => !v["metadata"]["deletionTimestamp"].is_null(),
+            Repr::Lazy { access, .. } => access.deleting(),
+        }
+    }
+
+    /// One label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.meta_str("labels", key)
     }
 }
 
@@ -223,12 +312,13 @@ pub fn decide(
             );
         }
     };
-    if !adopt && shows(&obs.object, want, kind, strip) {
+    let object = obs.object();
+    if !adopt && shows(object, want, kind, strip) {
         return Decision::UpToDate;
     }
     if !adopt
         && accepted.is_some_and(|a| {
-            a.rendering == hash(want) && a.result == fingerprint(&obs.object, kind, strip)
+            a.rendering == hash(want) && a.result == fingerprint(object, kind, strip)
         })
     {
         // The server normalised our last write (or a webhook added to it): accepted, no loop.
@@ -236,11 +326,11 @@ pub fn decide(
     }
     if is_core(kind, "Secret") {
         let t = |v: &Value| v["type"].as_str().unwrap_or("Opaque").to_owned();
-        if t(&obs.object) != t(want) {
+        if t(object) != t(want) {
             return Decision::Recreate("the Secret type changed (it is immutable)");
         }
     }
-    if obs.object["immutable"].as_bool() == Some(true) {
+    if object["immutable"].as_bool() == Some(true) {
         return Decision::Recreate("the mirror is immutable and its content changed");
     }
     Decision::Update { adopt }
@@ -251,7 +341,7 @@ pub fn decide(
 /// and ports (never taken away from the mirror).
 pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[String]) -> Value {
     let mut body = want.clone();
-    let meta = &observed.object["metadata"];
+    let meta = &observed.object()["metadata"];
     // Keys we never copy but someone else put on the mirror stay (see `render::stripped`).
     for field in ["labels", "annotations"] {
         for (k, v) in meta[field].as_object().into_iter().flatten() {
@@ -267,7 +357,7 @@ pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[S
         }
     }
     if is_core(kind, "Service") {
-        let have = &observed.object["spec"];
+        let have = &observed.object()["spec"];
         for field in [
             "clusterIP",
             "clusterIPs",
@@ -353,15 +443,13 @@ mod tests {
     }
 
     fn mirror(managed_by: &str, ns: &str, uid: &str, data: &str) -> Observed {
-        Observed {
-            object: json!({
+        Observed::from(json!({
                 "metadata": {"name": "shared", "namespace": "t", "uid": "m1", "resourceVersion": "5",
                     "labels": {"fleetmirror.io/managed-by": managed_by, "fleetmirror.io/mirror": "true"},
                     "annotations": {"fleetmirror.io/source-namespace": ns, "fleetmirror.io/source-name": "shared",
                                     "fleetmirror.io/source-uid": uid}},
                 "data": {"k": data}
-            }),
-        }
+            }))
     }
 
     fn want(data: &str) -> Value {
@@ -400,14 +488,12 @@ mod tests {
             owner(&k, &mirror("someone", "src", "u1", "a"), &s),
             Owner::Foreign
         );
-        let plain = Observed {
-            object: json!({"metadata": {"name": "shared"}}),
-        };
+        let plain = Observed::from(json!({"metadata": {"name": "shared"}}));
         assert_eq!(owner(&k, &plain, &s), Owner::Foreign);
         let mut as_source = mirror("fleetmirror", "src", "u1", "a");
-        as_source.object["metadata"]["labels"] =
+        as_source.object_mut()["metadata"]["labels"] =
             json!({"fleetmirror.io/managed-by": "fleetmirror", "fleetmirror.io/enabled": "true"});
-        as_source.object["metadata"]["annotations"]["fleetmirror.io/sync"] = "true".into();
+        as_source.object_mut()["metadata"]["annotations"]["fleetmirror.io/sync"] = "true".into();
         assert_eq!(
             owner(&k, &as_source, &s),
             Owner::Foreign,
@@ -491,7 +577,7 @@ mod tests {
         let (k, secret) = (keys(), kind("Secret"));
         let s = source("src", "u1", "1");
         let mut obs = mirror("fleetmirror", "src", "u1", "a");
-        obs.object["type"] = "kubernetes.io/tls".into();
+        obs.object_mut()["type"] = "kubernetes.io/tls".into();
         let mut w = want("a");
         w["type"] = "Opaque".into();
         assert!(matches!(
@@ -499,7 +585,7 @@ mod tests {
             Decision::Recreate(_)
         ));
         let mut imm = mirror("fleetmirror", "src", "u1", "a");
-        imm.object["immutable"] = true.into();
+        imm.object_mut()["immutable"] = true.into();
         assert!(matches!(
             decide(
                 &k,
@@ -522,21 +608,21 @@ mod tests {
         let mut w = want("a");
         w["spec"] = json!({"memory": "2048Mi"});
         let mut got = mirror("fleetmirror", "src", "u1", "a");
-        got.object["spec"] = json!({"memory": "2Gi"});
+        got.object_mut()["spec"] = json!({"memory": "2Gi"});
         assert_eq!(
             decide(&k, &deploy, &[], &s, &w, Some(&got), None, None),
             Decision::Update { adopt: false }
         );
         let acc = Accepted {
             rendering: hash(&w),
-            result: fingerprint(&got.object, &deploy, &[]),
+            result: fingerprint(got.object(), &deploy, &[]),
         };
         assert_eq!(
             decide(&k, &deploy, &[], &s, &w, Some(&got), None, Some(&acc)),
             Decision::UpToDate
         );
         let mut edited = got.clone();
-        edited.object["spec"]["memory"] = "1Gi".into();
+        edited.object_mut()["spec"]["memory"] = "1Gi".into();
         assert!(
             matches!(
                 decide(&k, &deploy, &[], &s, &w, Some(&edited), None, Some(&acc)),
@@ -549,10 +635,8 @@ mod tests {
     #[test]
     fn updates_keep_what_others_set() {
         let svc = kind("Service");
-        let obs = Observed {
-            object: json!({"metadata": {"resourceVersion": "9", "finalizers": ["x"], "ownerReferences": [{"kind": "A"}]},
-                           "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}}),
-        };
+        let obs = Observed::from(json!({"metadata": {"resourceVersion": "9", "finalizers": ["x"], "ownerReferences": [{"kind": "A"}]},
+                           "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}}));
         let w =
             json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
         let b = update_body(&svc, &w, &obs, &[]);
