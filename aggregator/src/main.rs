@@ -48,6 +48,90 @@ unsafe impl Sync for MallocConf {}
 pub static malloc_conf: MallocConf =
     MallocConf(c"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
 
+/// jemalloc's options as it runs with them, read back with `mallctl`: the `malloc_conf` symbol
+/// only works if the build kept it (and `_RJEM_MALLOC_CONF` in the environment overrides it),
+/// so the aggregator logs what it got and warns when that is not what it ships with.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+mod allocator {
+    use std::ffi::CStr;
+
+    /// The options the memory figures were measured with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Options {
+        pub narenas: u32,
+        pub dirty_decay_ms: isize,
+        pub muzzy_decay_ms: isize,
+        pub tcache: bool,
+    }
+
+    /// What [`super::malloc_conf`] asks for.
+    pub const SHIPPED: Options = Options {
+        narenas: 1,
+        dirty_decay_ms: 0,
+        muzzy_decay_ms: 0,
+        tcache: true,
+    };
+
+    fn read<T: Copy + Default>(name: &CStr) -> Option<T> {
+        let mut value = T::default();
+        let mut len = size_of::<T>();
+        // SAFETY: `name` is NUL-terminated; jemalloc writes at most `len` bytes into `value`
+        // (the size of the option's C type, which `T` matches) and nothing is written to it.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&raw mut value).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (rc == 0 && len == size_of::<T>()).then_some(value)
+    }
+
+    /// The options jemalloc runs with (`None` if one cannot be read).
+    pub fn options() -> Option<Options> {
+        Some(Options {
+            narenas: read(c"opt.narenas")?,
+            dirty_decay_ms: read(c"opt.dirty_decay_ms")?,
+            muzzy_decay_ms: read(c"opt.muzzy_decay_ms")?,
+            tcache: read(c"opt.tcache")?,
+        })
+    }
+
+    /// Logs the options; warns when they are not [`SHIPPED`].
+    pub fn log() {
+        match options() {
+            Some(o) if o == SHIPPED => tracing::info!(
+                narenas = o.narenas,
+                dirty_decay_ms = o.dirty_decay_ms,
+                muzzy_decay_ms = o.muzzy_decay_ms,
+                tcache = o.tcache,
+                "allocator: jemalloc"
+            ),
+            Some(o) => tracing::warn!(
+                narenas = o.narenas,
+                dirty_decay_ms = o.dirty_decay_ms,
+                muzzy_decay_ms = o.muzzy_decay_ms,
+                tcache = o.tcache,
+                "allocator: jemalloc runs with other options than fleetmirror ships (is _RJEM_MALLOC_CONF set?); memory use will differ from the documented figures"
+            ),
+            None => tracing::warn!("allocator: jemalloc's options could not be read"),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn jemalloc_runs_with_the_shipped_options() {
+            if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
+                assert_eq!(super::options(), Some(super::SHIPPED));
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,6 +143,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.common.log_format);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    allocator::log();
     if let Err(e) = args.validate() {
         bail!(e);
     }
