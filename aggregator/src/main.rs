@@ -77,7 +77,8 @@ mod allocator {
         let mut value = T::default();
         let mut len = size_of::<T>();
         // SAFETY: `name` is NUL-terminated; jemalloc writes at most `len` bytes into `value`
-        // (the size of the option's C type, which `T` matches) and nothing is written to it.
+        // (and fails if the option's C type has another size); `T` is only ever an integer,
+        // valid for any bytes. `newp` is null: no option is set.
         let rc = unsafe {
             tikv_jemalloc_sys::mallctl(
                 name.as_ptr(),
@@ -96,7 +97,8 @@ mod allocator {
             narenas: read(c"opt.narenas")?,
             dirty_decay_ms: read(c"opt.dirty_decay_ms")?,
             muzzy_decay_ms: read(c"opt.muzzy_decay_ms")?,
-            tcache: read(c"opt.tcache")?,
+            // A C `bool`: one byte, read as one (any value is a valid `u8`).
+            tcache: read::<u8>(c"opt.tcache")? != 0,
         })
     }
 

@@ -200,7 +200,12 @@ impl ObjectAccess for Stored {
     }
 
     fn label(&self, key: &str) -> Option<&str> {
-        self.0.metadata.labels.as_ref()?.get(key).map(String::as_str)
+        self.0
+            .metadata
+            .labels
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
     }
 
     fn annotation(&self, key: &str) -> Option<&str> {
@@ -212,13 +217,13 @@ impl ObjectAccess for Stored {
             .map(String::as_str)
     }
 
-    fn to_json(&self) -> Value {
-        serde_json::to_value(&*self.0).unwrap_or_else(|e| {
-            // Not expected (a DynamicObject is JSON); an update still carries the
-            // resourceVersion precondition.
-            tracing::warn!(namespace = ?self.0.metadata.namespace, name = ?self.0.metadata.name, error = %e, "mirror: an object of the watch did not convert to JSON");
-            serde_json::json!({"metadata": {"uid": self.uid(), "resourceVersion": self.resource_version()}})
-        })
+    fn to_json(&self) -> Option<Value> {
+        serde_json::to_value(&*self.0)
+            .inspect_err(|e| {
+                // Not expected (a DynamicObject is JSON); the slot is left alone.
+                tracing::warn!(namespace = ?self.0.metadata.namespace, name = ?self.0.metadata.name, error = %e, "mirror: an object of the watch did not convert to JSON");
+            })
+            .ok()
     }
 }
 
@@ -1000,5 +1005,97 @@ fn object_ref(kind: &KindRef, r: &SourceRef) -> ObjectReference {
         name: Some(r.name.clone()),
         uid: Some(r.uid.clone()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ApiResource;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event as WatchEvent;
+    use serde_json::json;
+
+    fn object(name: &str, rv: &str, deleting: bool) -> DynamicObject {
+        let mut v = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": name, "namespace": "team-a", "uid": format!("uid-{name}"),
+                "resourceVersion": rv,
+                "labels": {"fleetmirror.io/mirror": "true", "fleetmirror.io/managed-by": "fleetmirror"},
+                "annotations": {"fleetmirror.io/source-namespace": "src", "fleetmirror.io/source-name": name},
+            },
+            "data": {"k": "v"},
+        });
+        if deleting {
+            v["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn store_objects_read_in_place_match_their_json_and_the_writers_results_overlay_them() {
+        let ar = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let mut writer = Writer::<DynamicObject>::new(ar.clone());
+        for o in [object("plain", "10", false), object("going", "11", true)] {
+            writer.apply_watcher_event(&WatchEvent::Apply(o));
+        }
+        let store = writer.as_reader();
+        let keys = Keys::new("fleetmirror.io").unwrap();
+        let mut mem = KindMemory::default();
+        let now = Instant::now();
+        // A write the watch has not delivered yet (rv 20 > 11 seen) stands in for the store's
+        // object; an older result (rv 5) does not.
+        let newer = Arc::new(serde_json::to_value(object("plain", "20", false)).unwrap());
+        mem.known.insert(
+            ("team-a".into(), "plain".into()),
+            Known::Object {
+                object: newer,
+                at: now,
+            },
+        );
+        let older = Arc::new(serde_json::to_value(object("going", "5", false)).unwrap());
+        mem.known.insert(
+            ("team-a".into(), "going".into()),
+            Known::Object {
+                object: older,
+                at: now,
+            },
+        );
+        let observed = mem.observed(&keys, &store, 11, now);
+        assert_eq!(observed.len(), 2);
+        let plain = &observed[&("team-a".into(), "plain".into())];
+        let going = &observed[&("team-a".into(), "going".into())];
+        assert_eq!(plain.resource_version(), "20", "the write's result");
+        assert_eq!(going.resource_version(), "11", "the store's newer object");
+        assert_eq!(mem.known.len(), 1, "the older result is forgotten");
+
+        // Read in place, the store's object says what its JSON says.
+        let stored = store
+            .get(&ObjectRef::<DynamicObject>::new_with("going", ar.clone()).within("team-a"))
+            .expect("the store by key");
+        let json = Observed::from(serde_json::to_value(&*stored).unwrap());
+        let lazy = Observed::lazy(Arc::new(Stored(stored)));
+        assert_eq!(lazy.uid(), json.uid());
+        assert_eq!(lazy.uid(), "uid-going");
+        assert_eq!(lazy.resource_version(), json.resource_version());
+        assert!(lazy.deleting() && json.deleting());
+        let s = SourceRef {
+            namespace: "src".into(),
+            name: "going".into(),
+            uid: String::new(),
+        };
+        let owner = fleetmirror_core::mirror::plan::owner;
+        assert_eq!(owner(&keys, &lazy, &s), owner(&keys, &json, &s));
+        assert!(matches!(
+            owner(&keys, &lazy, &s),
+            fleetmirror_core::mirror::plan::Owner::Ours { .. }
+        ));
+        assert_eq!(lazy.object(), json.object());
+        assert!(
+            store
+                .get(&ObjectRef::<DynamicObject>::new_with("absent", ar).within("team-a"))
+                .is_none()
+        );
     }
 }

@@ -47,8 +47,9 @@ pub trait ObjectAccess: std::fmt::Debug + Send + Sync {
     fn label(&self, key: &str) -> Option<&str>;
     /// One annotation's value.
     fn annotation(&self, key: &str) -> Option<&str>;
-    /// The whole object as the API returned it.
-    fn to_json(&self) -> Value;
+    /// The whole object as the API returned it (`None` if it cannot be converted: the slot is
+    /// then left alone, never written on the strength of a partial object).
+    fn to_json(&self) -> Option<Value>;
 }
 
 /// An object found at a mirror's name: JSON already (a write's result, a read), or an
@@ -61,7 +62,7 @@ enum Repr {
     Json(Arc<Value>),
     Lazy {
         access: Arc<dyn ObjectAccess>,
-        json: OnceLock<Value>,
+        json: OnceLock<Option<Value>>,
     },
 }
 
@@ -86,18 +87,19 @@ impl Observed {
         })
     }
 
-    /// The whole object.
-    pub fn object(&self) -> &Value {
+    /// The whole object (`None`: it could not be converted, see [`ObjectAccess::to_json`]).
+    pub fn object(&self) -> Option<&Value> {
         match &self.0 {
-            Repr::Json(v) => v,
-            Repr::Lazy { access, json } => json.get_or_init(|| access.to_json()),
+            Repr::Json(v) => Some(v),
+            Repr::Lazy { access, json } => json.get_or_init(|| access.to_json()).as_ref(),
         }
     }
 
     /// The object, to change (tests build variations of one object).
     pub fn object_mut(&mut self) -> &mut Value {
         if let Repr::Lazy { .. } = self.0 {
-            self.0 = Repr::Json(Arc::new(self.object().clone()));
+            let v = self.object().cloned().unwrap_or_default();
+            self.0 = Repr::Json(Arc::new(v));
         }
         match &mut self.0 {
             Repr::Json(v) => Arc::make_mut(v),
@@ -105,10 +107,16 @@ impl Observed {
         }
     }
 
-    fn meta_str(&self, field: &str, key: &str) -> Option<&str> {
+    fn label(&self, key: &str) -> Option<&str> {
         match &self.0 {
-            Repr::Json(v) => v["metadata"][field].get(key)?.as_str(),
-            Repr::Lazy { access, .. } if field == "labels" => access.label(key),
+            Repr::Json(v) => v["metadata"]["labels"].get(key)?.as_str(),
+            Repr::Lazy { access, .. } => access.label(key),
+        }
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        match &self.0 {
+            Repr::Json(v) => v["metadata"]["annotations"].get(key)?.as_str(),
             Repr::Lazy { access, .. } => access.annotation(key),
         }
     }
@@ -138,11 +146,6 @@ impl Observed {
             Repr::Lazy { access, .. } => access.deleting(),
         }
     }
-
-    /// One label's value.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.meta_str("labels", key)
-    }
 }
 
 /// Whose an observed object is.
@@ -163,8 +166,8 @@ pub enum Owner {
 
 /// Who owns `observed`, seen from source `s`.
 pub fn owner(keys: &Keys, observed: &Observed, s: &SourceRef) -> Owner {
-    let label = |k: String| observed.meta_str("labels", &k);
-    let ann = |k: String| observed.meta_str("annotations", &k);
+    let label = |k: String| observed.label(&k);
+    let ann = |k: String| observed.annotation(&k);
     // A source is never a mirror, whatever else it says.
     let is_source = label(keys.enabled()) == Some("true")
         && ann(keys.sync()) == Some("true")
@@ -312,7 +315,9 @@ pub fn decide(
             );
         }
     };
-    let object = obs.object();
+    let Some(object) = obs.object() else {
+        return Decision::Conflict("the object there could not be read".into());
+    };
     if !adopt && shows(object, want, kind, strip) {
         return Decision::UpToDate;
     }
@@ -339,9 +344,12 @@ pub fn decide(
 /// The body of an update: the rendering, with the observed object's resourceVersion, the
 /// finalizers and ownerReferences other controllers set, and a Service's allocated addresses
 /// and ports (never taken away from the mirror).
+///
+/// Only called after [`decide`] asked for an update, which it does only for an object it read.
 pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[String]) -> Value {
     let mut body = want.clone();
-    let meta = &observed.object()["metadata"];
+    let object = observed.object().unwrap_or(&Value::Null);
+    let meta = &object["metadata"];
     // Keys we never copy but someone else put on the mirror stay (see `render::stripped`).
     for field in ["labels", "annotations"] {
         for (k, v) in meta[field].as_object().into_iter().flatten() {
@@ -357,7 +365,7 @@ pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[S
         }
     }
     if is_core(kind, "Service") {
-        let have = &observed.object()["spec"];
+        let have = &object["spec"];
         for field in [
             "clusterIP",
             "clusterIPs",
@@ -444,12 +452,12 @@ mod tests {
 
     fn mirror(managed_by: &str, ns: &str, uid: &str, data: &str) -> Observed {
         Observed::from(json!({
-                "metadata": {"name": "shared", "namespace": "t", "uid": "m1", "resourceVersion": "5",
-                    "labels": {"fleetmirror.io/managed-by": managed_by, "fleetmirror.io/mirror": "true"},
-                    "annotations": {"fleetmirror.io/source-namespace": ns, "fleetmirror.io/source-name": "shared",
-                                    "fleetmirror.io/source-uid": uid}},
-                "data": {"k": data}
-            }))
+            "metadata": {"name": "shared", "namespace": "t", "uid": "m1", "resourceVersion": "5",
+                "labels": {"fleetmirror.io/managed-by": managed_by, "fleetmirror.io/mirror": "true"},
+                "annotations": {"fleetmirror.io/source-namespace": ns, "fleetmirror.io/source-name": "shared",
+                                "fleetmirror.io/source-uid": uid}},
+            "data": {"k": data}
+        }))
     }
 
     fn want(data: &str) -> Value {
@@ -615,7 +623,7 @@ mod tests {
         );
         let acc = Accepted {
             rendering: hash(&w),
-            result: fingerprint(got.object(), &deploy, &[]),
+            result: fingerprint(got.object().unwrap(), &deploy, &[]),
         };
         assert_eq!(
             decide(&k, &deploy, &[], &s, &w, Some(&got), None, Some(&acc)),
@@ -635,8 +643,10 @@ mod tests {
     #[test]
     fn updates_keep_what_others_set() {
         let svc = kind("Service");
-        let obs = Observed::from(json!({"metadata": {"resourceVersion": "9", "finalizers": ["x"], "ownerReferences": [{"kind": "A"}]},
-                           "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}}));
+        let obs = Observed::from(
+            json!({"metadata": {"resourceVersion": "9", "finalizers": ["x"], "ownerReferences": [{"kind": "A"}]},
+                           "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}}),
+        );
         let w =
             json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
         let b = update_body(&svc, &w, &obs, &[]);

@@ -1387,8 +1387,8 @@ mod tests {
         ] {
             assert!(r(bad, "x").is_err(), "{bad:?}");
         }
-        // Each limit on its own (the output limit with time to spare however loaded the
-        // machine is, the time limit with none).
+        // Each limit on its own: the output limit with time to spare however loaded the
+        // machine is, and an expired deadline (the check runs before any work).
         let run = |src: &str, deadline: Instant| {
             Template::parse(src)
                 .unwrap()
@@ -1401,7 +1401,10 @@ mod tests {
         assert!(e.contains("exceeds"), "{e}");
         let e = run("{{range $i := 100000}}xxxxxxxxxx{{end}}", ample);
         assert!(e.contains("exceeds"), "{e}");
-        let e = run("{{range $i := 100000}}{{end}}", Instant::now());
+        let past = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("a monotonic clock past one second");
+        let e = run("{{range $i := 100000}}{{end}}", past);
         assert!(e.contains("timeout"), "{e}");
     }
 }
