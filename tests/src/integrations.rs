@@ -329,6 +329,24 @@ impl World {
             .collect()
     }
 
+    /// Waits until every reason in `want` is among the Events about `name` (an Event is posted
+    /// after the status write of the same step, so one read right after the status can miss
+    /// it); panics naming the reasons seen.
+    pub async fn expect_events(&self, name: &str, want: &[&str]) {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.event_reasons(name).await;
+            if want.iter().all(|w| seen.iter().any(|r| r == w)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "Events about {name}: {want:?} expected, {seen:?} seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Diagnostics `GetIntegration`.
     pub async fn get_integration(
         &self,

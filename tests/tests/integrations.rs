@@ -183,15 +183,16 @@ async fn targets_report_each_step_and_follow_their_secret() {
         ),
         Some(1.0)
     );
-    let reasons = w.event_reasons("east").await;
-    for r in [
-        "SecretNotFound",
-        "InvalidSecret",
-        "ConnectionFailed",
-        "ClusterReady",
-    ] {
-        assert!(reasons.iter().any(|e| e == r), "{r} not in {reasons:?}");
-    }
+    w.expect_events(
+        "east",
+        &[
+            "SecretNotFound",
+            "InvalidSecret",
+            "ConnectionFailed",
+            "ClusterReady",
+        ],
+    )
+    .await;
 
     // Two targets with one clusterName: the older is used, the other says why not.
     w.target("east-again", "east", json!({})).await;
@@ -302,15 +303,8 @@ async fn argocd_on_two_clusters_failing_and_recovering() {
         phase(s) == "Running"
     })
     .await;
-    let reasons = w.event_reasons("argocd-prod").await;
-    assert!(
-        reasons.iter().any(|r| r == "ClusterUnhealthy"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r == "ClusterRecovered"),
-        "{reasons:?}"
-    );
+    w.expect_events("argocd-prod", &["ClusterUnhealthy", "ClusterRecovered"])
+        .await;
 
     // Diagnostics: every cluster and component; NOT_FOUND for an unknown one.
     let d = w.get_integration(&agg, "argocd-prod").await.unwrap();
@@ -521,12 +515,7 @@ async fn disabled_no_targets_invalid_config_and_intervals() {
         "{}",
         o["status"]
     );
-    assert!(
-        w.event_reasons("bad")
-            .await
-            .iter()
-            .any(|r| r == "InvalidConfig")
-    );
+    w.expect_events("bad", &["InvalidConfig"]).await;
 
     // 5 s moves lastReconcileTime about every 5 s; 60 s not while that happens twice.
     let t = |o: &Value| {
@@ -729,12 +718,8 @@ async fn a_ksit_manifest_and_the_target_selector() {
         auto["message"],
         "fleetmirror does not install tools; install argocd with your own tooling"
     );
-    assert!(
-        w.event_reasons("argocd-prod")
-            .await
-            .iter()
-            .any(|r| r == "AutoInstallIgnored")
-    );
+    w.expect_events("argocd-prod", &["AutoInstallIgnored"])
+        .await;
     // The selector follows spec.labels.
     w.target("west", "west", json!({"environment": "production"}))
         .await;
