@@ -69,6 +69,13 @@ impl WatchState {
     }
 }
 
+/// Objects per page of a watch's list (kube's default is 500). A list page is read whole and
+/// parsed before its objects are trimmed into the store, so a page of large objects is a burst
+/// of short-lived memory interleaved with the store's long-lived entries; smaller pages keep
+/// that burst, and what it leaves fragmented, small (a fresh aggregator's resident size), for
+/// a few more requests at startup.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 /// A failing watch that has not reported an error for this long (longer than the slowest
 /// retry, [`WATCH_BACKOFF_MAX`] + jitter) is either working again without a word (a re-watch
 /// that succeeds without a relist yields no event) or hanging. A probe — a list of at most one
@@ -187,8 +194,8 @@ impl Watches {
         &self.client
     }
 
-    /// A reflector store of `api` with `config`; every object passes through `trim` before it
-    /// is stored, and every event notifies `trigger`.
+    /// A reflector store of `api` with `config` (listed in pages of [`LIST_PAGE_SIZE`]); every
+    /// object passes through `trim` before it is stored, and every event notifies `trigger`.
     pub fn store<K>(
         &self,
         api: Api<K>,
@@ -202,6 +209,7 @@ impl Watches {
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (store, writer) = reflector::store::<K>();
+        let config = config.page_size(LIST_PAGE_SIZE);
         let probe = probe_of(api.clone(), &config);
         let stream = reflector::reflector(writer, watcher(api, config).modify(trim));
         self.drive(stream, probe, trigger, name, None);
@@ -268,6 +276,7 @@ impl Watches {
         };
         let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
         let store = writer.as_reader();
+        let config = config.page_size(LIST_PAGE_SIZE);
         let probe = probe_of(api.clone(), &config);
         // A listed object counts once the store has it: at InitDone.
         let mut listed_max = 0u64;
