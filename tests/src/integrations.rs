@@ -335,12 +335,15 @@ impl World {
     pub async fn expect_events(&self, name: &str, want: &[&str]) {
         let start = std::time::Instant::now();
         loop {
-            let seen = self.event_reasons(name).await;
+            let seen =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.event_reasons(name))
+                    .await
+                    .unwrap_or_default();
             if want.iter().all(|w| seen.iter().any(|r| r == w)) {
                 return;
             }
             assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
+                start.elapsed() < WAIT,
                 "Events about {name}: {want:?} expected, {seen:?} seen"
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -96,6 +96,7 @@ impl Observed {
     }
 
     /// The object, to change (tests build variations of one object).
+    #[cfg(test)]
     pub fn object_mut(&mut self) -> &mut Value {
         if let Repr::Lazy { .. } = self.0 {
             let v = self.object().cloned().unwrap_or_default();
