@@ -126,7 +126,7 @@ build() {
   fetch_source
   local cmds=(cmd/kube-apiserver) b
   for b in "${also[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
-  make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (about 4 minutes per binary on 2 cores)"
+  make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (on 2 cores: about 5 minutes for one, 6-7 for all five at once)"
   mkdir -p "$(dirname "$APISERVER")"
   install -m 0755 "$TREE/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
   mv "$APISERVER.tmp" "$APISERVER"
@@ -147,7 +147,7 @@ build_node() {
   local cmds=()
   for b in "${missing[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
   if [ ${#cmds[@]} -gt 0 ]; then
-    make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (about 4 minutes per binary on 2 cores)"
+    make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (on 2 cores: about 5 minutes for one, 6-7 for all five at once)"
   fi
   cache_node_binaries "${missing[@]}"
   rm -rf "$WORK"

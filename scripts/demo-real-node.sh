@@ -52,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "control plane for a node (the first run builds kube-apiserver and the node's binaries: about 15-20 minutes)"
+step "control plane for a node (the first run builds kube-apiserver and the node's binaries: about 7 minutes on 2 cores)"
 scripts/control-plane.sh build --with-node
 scripts/control-plane.sh up --clusters 1 --for-node >/dev/null
 KUBECONFIG=$(scripts/control-plane.sh kubeconfig 0)
