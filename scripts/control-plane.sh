@@ -95,7 +95,7 @@ fetch_source() {
 
 # Builds `make WHAT=<targets>` in $TREE with progress output.
 make_what() { # "cmd/a cmd/b" description
-  log "building $2 (log: $WORK/build.log)"
+  log "building $2 (on 2 cores: about 5 minutes for one binary, 6-7 for all five at once; log: $WORK/build.log)"
   local start=$SECONDS
   (cd "$TREE" && env GOPATH="$TREE/.go" CGO_ENABLED=0 HOME="$WORK/home" GOFLAGS=-mod=vendor \
     make WHAT="$1" >>"$WORK/build.log" 2>&1) &
@@ -126,7 +126,7 @@ build() {
   fetch_source
   local cmds=(cmd/kube-apiserver) b
   for b in "${also[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
-  make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (on 2 cores: about 5 minutes for one, 6-7 for all five at once)"
+  make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION"
   mkdir -p "$(dirname "$APISERVER")"
   install -m 0755 "$TREE/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
   mv "$APISERVER.tmp" "$APISERVER"
@@ -147,7 +147,7 @@ build_node() {
   local cmds=()
   for b in "${missing[@]}"; do [ "$b" = pause ] || cmds+=("cmd/$b"); done
   if [ ${#cmds[@]} -gt 0 ]; then
-    make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION (on 2 cores: about 5 minutes for one, 6-7 for all five at once)"
+    make_what "${cmds[*]}" "${cmds[*]//cmd\//} $KUBE_VERSION"
   fi
   cache_node_binaries "${missing[@]}"
   rm -rf "$WORK"

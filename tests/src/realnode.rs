@@ -328,8 +328,12 @@ impl Drop for RealNode {
 /// The id of the host's (topmost) mount at `path` (mountinfo's first field), if there is one:
 /// the same id later means the same mount, never unmounted and made again in between.
 pub fn host_mount_id(path: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()?
+    mount_id(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, path)
+}
+
+/// The id of the topmost mount at `path` in a mount table (a `/proc/<pid>/mountinfo`).
+pub fn mount_id(mountinfo: &str, path: &str) -> Option<u64> {
+    mountinfo
         .lines()
         .rev()
         .filter(|l| l.split(' ').nth(4) == Some(path))

@@ -36,7 +36,7 @@ use fleetmirror_core::naming;
 use fleetmirror_tests::fleet;
 use fleetmirror_tests::pod::{NAMESPACE, Rendered};
 use fleetmirror_tests::realnode::{
-    BUSYBOX, RealNode, host_mount_id, host_settings, rollout_status,
+    BUSYBOX, RealNode, host_mount_id, host_settings, mount_id, rollout_status,
 };
 use fleetmirror_tests::{eventually, random_uuid, repo_root};
 use serde_json::{Value, json};
@@ -611,9 +611,7 @@ async fn chart_as_shipped() {
         || async {
             let pid = agent_pid()?;
             let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-            let mounted = table
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(wrong_target.as_str()));
+            let mounted = mount_id(&table, &wrong_target).is_some();
             let file =
                 std::fs::read_to_string(format!("/proc/{pid}/root{wrong_target}/{HELLO}")).ok()?;
             (mounted && file.trim() == wrong_hello).then_some(())

@@ -138,7 +138,7 @@ impl MirrorConfig {
 #[derive(Debug, Clone)]
 enum Known {
     /// This object is there (returned by a write, or read).
-    Object { object: Arc<Value>, at: Instant },
+    Object { object: Observed, at: Instant },
     /// The object with this UID is gone.
     Gone { uid: String, at: Instant },
 }
@@ -168,12 +168,8 @@ struct KindMemory {
     up_to_date: std::collections::HashSet<u64>,
 }
 
-fn rv_of(v: &Value) -> Option<u64> {
-    v["metadata"]["resourceVersion"].as_str()?.parse().ok()
-}
-
-fn uid_of(v: &Value) -> &str {
-    v["metadata"]["uid"].as_str().unwrap_or_default()
+fn rv_of(o: &Observed) -> Option<u64> {
+    o.resource_version().parse().ok()
 }
 
 /// An object of a mirror watch's store, read in place: a pass reads the metadata of every
@@ -249,10 +245,9 @@ impl KindMemory {
             m.insert((ns, name), Observed::lazy(Arc::new(Stored(o))));
         }
         let mirror = keys.mirror();
-        let rv = |o: &Observed| o.resource_version().parse::<u64>().ok();
         self.known.retain(|slot, k| match k {
             Known::Object { object, at } => {
-                let watched = object["metadata"]["labels"][&mirror].as_str() == Some("true");
+                let watched = object.label(&mirror) == Some("true");
                 // A watched object: the watch delivered it (or resourceVersions are no
                 // numbers here), or the safety net ran out.
                 if watched
@@ -262,9 +257,9 @@ impl KindMemory {
                     return false;
                 }
                 match m.get(slot) {
-                    Some(s) if rv(s).zip(rv_of(object)).is_some_and(|(s, k)| s >= k) => false,
+                    Some(s) if rv_of(s).zip(rv_of(object)).is_some_and(|(s, k)| s >= k) => false,
                     _ => {
-                        m.insert(slot.clone(), Observed::from(object.clone()));
+                        m.insert(slot.clone(), object.clone());
                         true
                     }
                 }
@@ -289,9 +284,9 @@ impl KindMemory {
         // Only what expires: what stands in for the watch. (What a read found of an object no
         // watch sees lives as long as its conflict; probes time that.)
         let known = self.known.values().filter_map(|k| match k {
-            Known::Object { object, at } => (object["metadata"]["labels"][&mirror].as_str()
-                == Some("true"))
-            .then_some(*at + KNOWN_TTL),
+            Known::Object { object, at } => {
+                (object.label(&mirror) == Some("true")).then_some(*at + KNOWN_TTL)
+            }
             Known::Gone { at, .. } => Some(*at + KNOWN_TTL),
         });
         failures.chain(probes).chain(known).min()
@@ -312,8 +307,7 @@ impl KindMemory {
         self.probes.retain(|slot, _| conflicts.contains(slot));
         self.known.retain(|slot, k| match k {
             Known::Object { object, .. } => {
-                object["metadata"]["labels"][&mirror].as_str() == Some("true")
-                    || conflicts.contains(slot)
+                object.label(&mirror) == Some("true") || conflicts.contains(slot)
             }
             Known::Gone { .. } => true,
         });
@@ -753,7 +747,7 @@ impl MirrorController {
                                 result: fingerprint(&object, &entry.kind, &settings.strip),
                             },
                         );
-                        let object = Arc::new(compacted(object, &entry.kind));
+                        let object = Observed::from(compacted(object, &entry.kind));
                         mem.known
                             .insert(slot.clone(), Known::Object { object, at: now });
                         mem.failures.remove(&slot);
@@ -786,7 +780,7 @@ impl MirrorController {
                         // Read again and unchanged (a probe of a conflict): nothing to judge.
                         let unchanged = match (&object, observed.get(&slot)) {
                             (Some(o), Some(before)) => {
-                                uid_of(o) == before.uid()
+                                o.uid() == before.uid()
                                     && o["metadata"]["resourceVersion"].as_str()
                                         == Some(before.resource_version())
                             }
@@ -798,7 +792,7 @@ impl MirrorController {
                         again = true;
                         match object {
                             Some(object) => {
-                                let object = Arc::new(compacted(object, &entry.kind));
+                                let object = Observed::from(compacted(object, &entry.kind));
                                 mem.known
                                     .insert(slot.clone(), Known::Object { object, at: now });
                             }
@@ -1046,22 +1040,13 @@ mod tests {
         let now = Instant::now();
         // A write the watch has not delivered yet (rv 20 > 11 seen) stands in for the store's
         // object; an older result (rv 5) does not.
-        let newer = Arc::new(serde_json::to_value(object("plain", "20", false)).unwrap());
-        mem.known.insert(
-            ("team-a".into(), "plain".into()),
-            Known::Object {
-                object: newer,
-                at: now,
-            },
-        );
-        let older = Arc::new(serde_json::to_value(object("going", "5", false)).unwrap());
-        mem.known.insert(
-            ("team-a".into(), "going".into()),
-            Known::Object {
-                object: older,
-                at: now,
-            },
-        );
+        for (name, rv) in [("plain", "20"), ("going", "5")] {
+            let object = Observed::from(serde_json::to_value(object(name, rv, false)).unwrap());
+            mem.known.insert(
+                ("team-a".into(), name.into()),
+                Known::Object { object, at: now },
+            );
+        }
         let observed = mem.observed(&keys, &store, 11, now);
         assert_eq!(observed.len(), 2);
         let plain = &observed[&("team-a".into(), "plain".into())];

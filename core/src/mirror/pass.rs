@@ -1076,32 +1076,32 @@ mod tests {
         ));
     }
 
+    use super::super::plan::ObjectAccess;
+
     /// An object read through [`ObjectAccess`] (as the aggregator's store objects are),
     /// counting conversions to JSON.
     #[derive(Debug)]
     struct Counted(Value, std::sync::atomic::AtomicUsize);
 
-    impl super::super::plan::ObjectAccess for Counted {
+    impl ObjectAccess for Counted {
         fn uid(&self) -> &str {
-            self.0["metadata"]["uid"].as_str().unwrap_or_default()
+            self.0.uid()
         }
         fn resource_version(&self) -> &str {
-            self.0["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
+            self.0.resource_version()
         }
         fn deleting(&self) -> bool {
-            !self.0["metadata"]["deletionTimestamp"].is_null()
+            self.0.deleting()
         }
         fn label(&self, key: &str) -> Option<&str> {
-            self.0["metadata"]["labels"].get(key)?.as_str()
+            self.0.label(key)
         }
         fn annotation(&self, key: &str) -> Option<&str> {
-            self.0["metadata"]["annotations"].get(key)?.as_str()
+            self.0.annotation(key)
         }
         fn to_json(&self) -> Option<Value> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Some(self.0.clone())
+            self.0.to_json()
         }
     }
 

@@ -32,8 +32,8 @@ impl Source {
     }
 }
 
-/// Read access to an object at a mirror's name that is not JSON yet (the aggregator's watch
-/// store holds typed objects). A pass reads the metadata of every object there but needs the
+/// Read access to an object at a mirror's name: JSON, or an object of the aggregator's watch
+/// store (typed, not JSON yet). A pass reads the metadata of every object there but needs the
 /// whole object only where it renders: converting all of them every pass cost the aggregator
 /// most of its transient memory (spec mirror.md, memory figure).
 pub trait ObjectAccess: std::fmt::Debug + Send + Sync {
@@ -50,6 +50,35 @@ pub trait ObjectAccess: std::fmt::Debug + Send + Sync {
     /// The whole object as the API returned it (`None` if it cannot be converted: the slot is
     /// then left alone, never written on the strength of a partial object).
     fn to_json(&self) -> Option<Value>;
+}
+
+/// An object as JSON.
+impl ObjectAccess for Value {
+    fn uid(&self) -> &str {
+        self["metadata"]["uid"].as_str().unwrap_or_default()
+    }
+
+    fn resource_version(&self) -> &str {
+        self["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    fn deleting(&self) -> bool {
+        !self["metadata"]["deletionTimestamp"].is_null()
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self["metadata"]["labels"].get(key)?.as_str()
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self["metadata"]["annotations"].get(key)?.as_str()
+    }
+
+    fn to_json(&self) -> Option<Value> {
+        Some(self.clone())
+    }
 }
 
 /// An object found at a mirror's name: JSON already (a write's result, a read), or an
@@ -108,44 +137,36 @@ impl Observed {
         }
     }
 
-    fn label(&self, key: &str) -> Option<&str> {
+    /// Its metadata, wherever it is read from.
+    fn access(&self) -> &dyn ObjectAccess {
         match &self.0 {
-            Repr::Json(v) => v["metadata"]["labels"].get(key)?.as_str(),
-            Repr::Lazy { access, .. } => access.label(key),
+            Repr::Json(v) => &**v,
+            Repr::Lazy { access, .. } => &**access,
         }
     }
 
+    /// One label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.access().label(key)
+    }
+
     fn annotation(&self, key: &str) -> Option<&str> {
-        match &self.0 {
-            Repr::Json(v) => v["metadata"]["annotations"].get(key)?.as_str(),
-            Repr::Lazy { access, .. } => access.annotation(key),
-        }
+        self.access().annotation(key)
     }
 
     /// Its UID.
     pub fn uid(&self) -> &str {
-        match &self.0 {
-            Repr::Json(v) => v["metadata"]["uid"].as_str().unwrap_or_default(),
-            Repr::Lazy { access, .. } => access.uid(),
-        }
+        self.access().uid()
     }
 
     /// Its resourceVersion.
     pub fn resource_version(&self) -> &str {
-        match &self.0 {
-            Repr::Json(v) => v["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default(),
-            Repr::Lazy { access, .. } => access.resource_version(),
-        }
+        self.access().resource_version()
     }
 
     /// It is being deleted (`deletionTimestamp` set).
     pub fn deleting(&self) -> bool {
-        match &self.0 {
-            Repr::Json(v) => !v["metadata"]["deletionTimestamp"].is_null(),
-            Repr::Lazy { access, .. } => access.deleting(),
-        }
+        self.access().deleting()
     }
 }
 
