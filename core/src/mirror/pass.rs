@@ -518,7 +518,10 @@ pub fn plan(settings: &Settings, input: &Input<'_>) -> KindPlan {
                     t.write = Some(Write::Create { body: want });
                 }
                 Decision::Update { adopt } => {
-                    let obs = observed.expect("an update has an object");
+                    // `decide` asks for an update only of an object it read (as JSON).
+                    let obs = observed
+                        .and_then(Observed::object)
+                        .expect("an update has an object");
                     t.reason = if adopt {
                         "kubemirror's mirror being adopted".into()
                     } else {

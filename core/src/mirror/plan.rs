@@ -366,11 +366,8 @@ pub fn decide(
 /// The body of an update: the rendering, with the observed object's resourceVersion, the
 /// finalizers and ownerReferences other controllers set, and a Service's allocated addresses
 /// and ports (never taken away from the mirror).
-///
-/// Only called after [`decide`] asked for an update, which it does only for an object it read.
-pub fn update_body(kind: &KindRef, want: &Value, observed: &Observed, strip: &[String]) -> Value {
+pub fn update_body(kind: &KindRef, want: &Value, object: &Value, strip: &[String]) -> Value {
     let mut body = want.clone();
-    let object = observed.object().unwrap_or(&Value::Null);
     let meta = &object["metadata"];
     // Keys we never copy but someone else put on the mirror stay (see `render::stripped`).
     for field in ["labels", "annotations"] {
@@ -671,7 +668,7 @@ mod tests {
         );
         let w =
             json!({"metadata": {"labels": {}}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
-        let b = update_body(&svc, &w, &obs, &[]);
+        let b = update_body(&svc, &w, obs.object().unwrap(), &[]);
         assert_eq!(b["metadata"]["resourceVersion"], "9");
         assert_eq!(b["metadata"]["finalizers"], json!(["x"]));
         assert_eq!(b["spec"]["clusterIP"], "10.0.0.9");
